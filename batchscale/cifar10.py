@@ -53,7 +53,7 @@ def default_md5() -> str:
 
 
 def default_data_dir() -> Path:
-    """Return ``$BATCHSCALE_DATA``, else ``$XDG_CACHE_HOME/batchscale`` or ``~/.cache/batchscale``."""
+    """``$BATCHSCALE_DATA``, else ``$XDG_CACHE_HOME/batchscale`` or ``~/.cache/batchscale``."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")

@@ -1,0 +1,174 @@
+"""One dataclass holds every setting of a training run; each field says what it is.
+
+Config files and `--set` overrides are type-checked against the dataclass, unknown keys are
+rejected, and `validate()` checks the cross-field rules before anything runs (pycls style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batchscale.errors import UserError
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None):
+    """A dataclass field with its help text (and allowed values) kept beside it."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # ---- data ----
+    dataset: str = _opt(
+        "sample",
+        "sample (embedded 5k/1k real CIFAR-10 subset) | cifar10 (official archive, downloaded "
+        "and MD5-checked) | a path to an image folder or zip (train/<class>/*, test/<class>/*) "
+        "or to the official .tar.gz / extracted cifar-10-batches-py folder",
+    )
+    data_dir: str = _opt("", "cache folder for downloads (default: $BATCHSCALE_DATA or "
+                             "~/.cache/batchscale)")
+    train_subset: int = _opt(0, "class-balanced, seed-determined subset of the training split "
+                                "(0 = all)")
+    # ---- model ----
+    model: str = _opt("resnet18", "resnet18 (CIFAR stem: 3x3 conv, no max-pool) | "
+                                  "resnet18-imagenet (7x7/2 stem + max-pool)",
+                      ("resnet18", "resnet18-imagenet"))
+    width: int = _opt(64, "channels of the first stage (64 = standard ResNet-18)")
+    # ---- optimizer ----
+    optimizer: str = _opt("sgd", "sgd | rmsprop", ("sgd", "rmsprop"))
+    lr: float = _opt(0.025, "learning rate at --base-batch-size")
+    base_batch_size: int = _opt(32, "batch size at which --lr is the rate")
+    momentum: float = _opt(0.9, "momentum (SGD and RMSProp)")
+    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _opt(5e-4, "L2 weight decay, added to the gradient")
+    rmsprop_alpha: float = _opt(0.99, "RMSProp smoothing constant of the squared gradient")
+    rmsprop_eps: float = _opt(1e-8, "RMSProp epsilon")
+    # ---- learning-rate plan ----
+    batch_size: int = _opt(32, "global batch size B (all workers together)")
+    scale_rule: str = _opt("linear", "peak lr = lr * rule(B / base_batch_size)",
+                           ("none", "linear", "sqrt"))
+    warmup_epochs: float = _opt(0.0, "ramp per step, linearly, from lr to the peak lr")
+    schedule: str = _opt("step", "step | cosine | constant (after warmup)",
+                         ("step", "cosine", "constant"))
+    decay_every: float = _opt(50.0, "step schedule: epochs between decays, counted from the start")
+    decay_factor: float = _opt(0.1, "step schedule: multiply the lr by this at each decay")
+    epochs: int = _opt(200, "training epochs")
+    # ---- batch norm ----
+    bn_group: int = _opt(0, "samples per batch-norm group, as one worker's batch "
+                            "(0 = the whole batch)")
+    bn_impl: str = _opt("ghost", "ghost (one vectorized pass) | loop (the study's Algorithm 1)",
+                        ("ghost", "loop"))
+    bn_momentum: float = _opt(0.1, "running-statistics momentum of batch norm")
+    # ---- run ----
+    seed: int = _opt(0, "seeds the weights, the data order and the augmentation")
+    device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
+    amp: str = _opt("none", "none | bf16 (autocast, CUDA only)", ("none", "bf16"))
+    channels_last: str = _opt("auto", "auto (on for CUDA) | on | off", ("auto", "on", "off"))
+    threads: int = _opt(0, "CPU threads for torch (0 = torch's default)")
+    eval_batch_size: int = _opt(1000, "batch size for evaluation")
+    log_every: int = _opt(20, "steps between progress-bar updates (each one reads the loss)")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def group_size(self) -> int:
+        """Samples per batch-norm group (the whole batch when bn_group is 0)."""
+        return self.bn_group or self.batch_size
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after warmup, from the scaling rule."""
+        k = self.batch_size / self.base_batch_size
+        factor = {"none": 1.0, "linear": k, "sqrt": math.sqrt(k)}[self.scale_rule]
+        return self.lr * factor
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# ---------------------------------------------------------------------- parsing values
+def parse_value(name: str, text: Any) -> Any:
+    """Convert `text` to the type of field `name`; a bad key or value is a UserError."""
+    if name not in FIELDS:
+        raise UserError(f"unknown config field '{name}'")
+    default = FIELDS[name].default
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(text, bool):
+                return text
+            lowered = str(text).lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return lowered in ("1", "true", "yes", "on")
+        if kind is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return kind(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {kind.__name__}, got {text!r}") from None
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A validated config from a mapping of field names (dashes allowed) to values."""
+    cfg = TrainConfig()
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        setattr(cfg, name, parse_value(name, value))
+    validate(cfg)
+    return cfg
+
+
+def load_yaml(path: Path) -> TrainConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read config {path}: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} is not a mapping of fields")
+    return from_dict(data)
+
+
+def dump_yaml(cfg: TrainConfig, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------- validation
+def validate(cfg: TrainConfig) -> None:
+    """Check every field and the rules between fields; raise UserError on the first failure."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise UserError(f"{f.name} must be one of {', '.join(choices)}, "
+                            f"got {getattr(cfg, f.name)!r}")
+    positive = ("width", "lr", "base_batch_size", "batch_size", "epochs", "eval_batch_size",
+                "decay_every", "log_every")
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
+    non_negative = ("train_subset", "momentum", "weight_decay", "warmup_epochs", "bn_group",
+                    "threads", "rmsprop_eps")
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if not 0 < cfg.bn_momentum <= 1:
+        raise UserError(f"bn_momentum must be in (0, 1], got {cfg.bn_momentum}")
+    if not 0 < cfg.decay_factor <= 1:
+        raise UserError(f"decay_factor must be in (0, 1], got {cfg.decay_factor}")
+    if cfg.batch_size % cfg.group_size:
+        raise UserError(f"batch_size {cfg.batch_size} is not a multiple of bn_group "
+                        f"{cfg.bn_group}")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
+        raise UserError("nesterov needs optimizer sgd with momentum > 0")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UserError(f"warmup_epochs {cfg.warmup_epochs} exceeds epochs {cfg.epochs}")

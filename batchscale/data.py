@@ -1,0 +1,206 @@
+"""Data: where the images come from, and the on-device loader that crops and flips whole batches.
+
+Sources (`--dataset`):
+  sample                 the real CIFAR-10 subset shipped in the package (scripts/make_sample.py)
+  cifar10                the official python archive, downloaded once and MD5-checked
+  PATH.zip | PATH/       an image folder, train/<class>/*.jpg|png and test/<class>/...
+  PATH.tar.gz | PATH/    the official archive or its extracted cifar-10-batches-py folder
+
+Every split is held as one uint8 tensor (N, 32, 32, 3) on the training device. The data order of
+an epoch and its augmentation are functions of (seed, epoch) only, so a resumed run sees exactly
+the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from batchscale import cifar10
+from batchscale.errors import UserError
+
+SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.zip"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+# Per-channel mean and std of the official CIFAR-10 training split, on a 0-1 scale.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, H, W, 3)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+# ---------------------------------------------------------------------- image folders
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _folder_entries(names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Group 'split/class/file' names into {split: [(class, name), ...]} in sorted order."""
+    entries: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    for name in sorted(names):
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] in entries and name.lower().endswith(IMAGE_SUFFIXES):
+            entries[parts[0]].append((parts[1], name))
+    return entries
+
+
+def _build_split(entries: list[tuple[str, str]], classes: list[str], read) -> Split:
+    index = {c: i for i, c in enumerate(classes)}
+    images = np.stack([_decode(read(name)) for _, name in entries])
+    labels = np.array([index[c] for c, _ in entries], dtype=np.int64)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+def read_image_folder(path: Path) -> tuple[Split, Split, list[str]]:
+    """Read an image folder (a directory or a zip of one) into uint8 splits."""
+    try:
+        if path.is_dir():
+            names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+            entries = _folder_entries(names)
+            return _splits_from(entries, lambda n: (path / n).read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            entries = _folder_entries(archive.namelist())
+            return _splits_from(entries, archive.read)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"cannot read image folder {path}: {err}") from None
+
+
+def _splits_from(entries, read) -> tuple[Split, Split, list[str]]:
+    if not entries["train"] or not entries["test"]:
+        raise UserError("an image folder needs train/<class>/<image> and test/<class>/<image>")
+    found = sorted({c for c, _ in entries["train"]})
+    classes = list(CLASSES) if set(found) <= set(CLASSES) else found
+    return (_build_split(entries["train"], classes, read),
+            _build_split(entries["test"], classes, read), classes)
+
+
+# ---------------------------------------------------------------------- sources
+def _from_official(arrays: dict) -> tuple[Split, Split, list[str]]:
+    def split(prefix):
+        return Split(torch.from_numpy(arrays[f"{prefix}_images"]),
+                     torch.from_numpy(arrays[f"{prefix}_labels"]))
+
+    return split("train"), split("test"), list(arrays["classes"])
+
+
+def load_dataset(name: str, data_dir: str = "", progress: bool = True):
+    """(train, test, classes) for a `--dataset` value."""
+    if name == "sample":
+        return read_image_folder(SAMPLE_PATH)
+    if name == "cifar10":
+        directory = Path(data_dir) if data_dir else None
+        return _from_official(cifar10.load(directory, progress=progress))
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(f"dataset '{name}' is neither sample, cifar10 nor an existing path")
+    if path.name.endswith(".tar.gz") or (path / "data_batch_1").exists():
+        return _from_official(cifar10.read_official(path))
+    return read_image_folder(path)
+
+
+def balanced_subset(split: Split, size: int, seed: int) -> Split:
+    """A class-balanced subset of `size` samples chosen by `seed` (classes differ by ≤ 1)."""
+    if size <= 0 or size >= len(split):
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    classes = split.labels.unique()
+    per_class = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
+    chosen = []
+    for count, label in zip(per_class, classes, strict=True):
+        members = torch.nonzero(split.labels == label).flatten()
+        if count > len(members):
+            raise UserError(f"train_subset {size} needs {count} images of class {int(label)}, "
+                            f"the split has {len(members)}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    index = torch.cat(chosen).sort().values
+    return Split(split.images[index], split.labels[index])
+
+
+# ---------------------------------------------------------------------- on-device batches
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def normalize(images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → normalized float (B, 3, H, W) in channels_last memory layout."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=dtype) * 255
+    std = torch.tensor(STD, device=images.device, dtype=dtype) * 255
+    return ((images.to(dtype) - mean) / std).permute(0, 3, 1, 2)
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+              pad: int = 4) -> torch.Tensor:
+    """Random-crop (zero padding `pad`) and flip a uint8 (B, H, W, C) batch in one gather.
+
+    Image b's output pixel (i, j) is input pixel (i + dy[b] - pad, j' + dx[b] - pad), where
+    j' = W - 1 - j if flip[b] else j; pixels falling outside the image are 0.
+    """
+    batch, height, width, _ = images.shape
+    padded = images.new_zeros(batch, height + 2 * pad, width + 2 * pad, images.shape[3])
+    padded[:, pad:pad + height, pad:pad + width] = images
+    cols = torch.arange(width, device=images.device)
+    cols = torch.where(flip[:, None], width - 1 - cols, cols) + dx[:, None]
+    rows = torch.arange(height, device=images.device) + dy[:, None]
+    index = torch.arange(batch, device=images.device)[:, None, None]
+    return padded[index, rows[:, :, None], cols[:, None, :]]
+
+
+class EpochLoader:
+    """The batches of one epoch: a seeded permutation, cut into full batches, augmented on device.
+
+    `rank`/`world_size` give each worker a disjoint contiguous share of every global batch.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, epoch: int, augment: bool = True,
+                 rank: int = 0, world_size: int = 1, pad: int = 4):
+        generator = _epoch_generator(seed, epoch)
+        n = len(split)
+        self.split, self.batch_size, self.augment, self.pad = split, batch_size, augment, pad
+        self.order = torch.randperm(n, generator=generator)
+        self.dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        self.dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        self.flip = torch.rand(n, generator=generator) < 0.5
+        self.steps = n // batch_size
+        self.local = batch_size // world_size
+        self.offset = rank * self.local
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized images (B, 3, H, W) and labels of step `step` of this epoch."""
+        start = step * self.batch_size + self.offset
+        positions = slice(start, start + self.local)
+        device = self.split.images.device
+        index = self.order[positions].to(device)
+        images = self.split.images[index]
+        if self.augment:
+            images = crop_flip(images, self.dy[positions].to(device),
+                               self.dx[positions].to(device), self.flip[positions].to(device),
+                               self.pad)
+        return normalize(images), self.split.labels[index]
+
+
+def eval_batches(split: Split, batch_size: int):
+    """Unaugmented batches in order, for evaluation."""
+    for start in range(0, len(split), batch_size):
+        part = slice(start, start + batch_size)
+        yield normalize(split.images[part]), split.labels[part]

@@ -1,0 +1,63 @@
+"""Per-worker ("ghost") batch norm: statistics over groups of G samples, as B/G workers would.
+
+In training mode with `group_size` G < N, the batch is cut into k = N/G consecutive groups; each is
+normalized with its own mean and (biased) variance. The running statistics receive the same k
+moving-average updates, group 0 first, that k sequential forward passes of ordinary batch norm
+(the study's Algorithm 1) would apply; `ghost` does them in closed form:
+
+    r_k = (1 - m)^k r_0 + sum_i m (1 - m)^(k-1-i) s_i,   s_i = statistic of group i.
+
+With G = N, or in eval mode, this is exactly nn.BatchNorm2d.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    def __init__(self, num_features: int, group_size: int = 0, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.group_size = group_size  # 0: the whole batch is one group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = self.group_size
+        if not self.training or group <= 0 or group >= x.shape[0]:
+            return super().forward(x)
+        if x.shape[0] % group:
+            raise ValueError(f"batch of {x.shape[0]} is not a multiple of group {group}")
+        return self._ghost_forward(x, group)
+
+    def _ghost_forward(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        k = n // group
+        xg = x.float().view(k, group, c, h, w)
+        var, mean = torch.var_mean(xg, dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = (xg - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, 1, c, 1, 1) + self.bias.view(1, 1, c, 1, 1)
+        if self.track_running_stats:
+            count = group * h * w
+            self._update_running(mean.view(k, c), var.view(k, c) * count / max(count - 1, 1))
+        return y.view(n, c, h, w).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running(self, means: torch.Tensor, unbiased_vars: torch.Tensor) -> None:
+        """Apply k sequential moving-average updates in closed form."""
+        k = means.shape[0]
+        m = self.momentum
+        powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype)
+        weights = (m * (1 - m) ** powers)[:, None]
+        keep = (1 - m) ** k
+        self.running_mean.mul_(keep).add_((weights * means).sum(0).to(self.running_mean.dtype))
+        self.running_var.mul_(keep).add_(
+            (weights * unbiased_vars).sum(0).to(self.running_var.dtype))
+        self.num_batches_tracked.add_(k)
+
+
+def set_group_size(model: nn.Module, group_size: int) -> None:
+    """Set the batch-norm group of every GhostBatchNorm2d in `model` (0 = whole batch)."""
+    for module in model.modules():
+        if isinstance(module, GhostBatchNorm2d):
+            module.group_size = group_size

@@ -1,0 +1,47 @@
+"""Optimizers, built by name from a config, over named parameter groups.
+
+Parameters are split into `weights` (conv and linear weights) and `no_decay_candidates` (batch-norm
+scales and shifts, biases) so that layer-wise optimizers (LARS, LAMB) and options that exclude
+BN and bias parameters from weight decay can treat them apart. Each group carries `lr_scale`,
+which the training loop multiplies into the planned rate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: multi-dimensional weights, and one-dimensional parameters (BN, biases)."""
+    weights, others = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (weights if parameter.ndim > 1 else others).append(parameter)
+    return [
+        {"name": "weights", "params": weights, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"name": "bn_and_bias", "params": others, "weight_decay": weight_decay, "lr_scale": 1.0},
+    ]
+
+
+def build_sgd(cfg, groups):
+    return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+
+
+def build_rmsprop(cfg, groups):
+    return torch.optim.RMSprop(groups, lr=cfg.peak_lr, alpha=cfg.rmsprop_alpha,
+                               eps=cfg.rmsprop_eps, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {"sgd": build_sgd, "rmsprop": build_rmsprop}
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](cfg, parameter_groups(model, cfg.weight_decay))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,342 @@
+"""The training loop: data → model → optimizer + lr plan → run directory, with exact resume.
+
+    batchscale train --dataset sample --width 16 --epochs 5 --batch-size 128 --out runs/a
+    batchscale train --out runs/a --resume          # continue after a kill or Ctrl-C
+
+Metrics are accumulated on the device and read once per `log_every` steps and once per epoch.
+A non-finite loss ends the run with status `diverged` (exit code 0: a sweep goes on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from batchscale import checkpoint, rundir
+from batchscale.config import TrainConfig, dump_yaml
+from batchscale.data import EpochLoader, Split, balanced_subset, eval_batches, load_dataset
+from batchscale.errors import UserError
+from batchscale.models import build_model
+from batchscale.optim import build_optimizer, set_lr
+from batchscale.schedule import LearningRatePlan, plan_from_config
+
+
+# ---------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of, built from a config."""
+
+    cfg: TrainConfig
+    device: torch.device
+    train: Split
+    test: Split
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    plan: LearningRatePlan
+    channels_last: bool
+    world_size: int = 1
+    rank: int = 0
+
+
+def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
+    device = resolve_device(cfg.device)
+    if cfg.amp == "bf16" and device.type != "cuda":
+        raise UserError("amp bf16 needs device cuda")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train, test, classes = load_dataset(cfg.dataset, cfg.data_dir, progress)
+    train = balanced_subset(train, cfg.train_subset, cfg.seed)
+    if cfg.batch_size > len(train):
+        raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
+                        cfg.group_size if cfg.bn_impl == "ghost" else 0)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto"
+                                                  and device.type == "cuda")
+    model = model.to(device, memory_format=torch.channels_last if channels_last else
+                     torch.contiguous_format)
+    optimizer = build_optimizer(cfg, model)
+    plan = plan_from_config(cfg, len(train) // cfg.batch_size)
+    return Setup(cfg, device, train.to(device), test.to(device), model, optimizer, plan,
+                 channels_last, world_size, rank)
+
+
+# ---------------------------------------------------------------------- one step
+def autocast(setup: Setup):
+    if setup.cfg.amp == "bf16":
+        return torch.autocast(setup.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_loss(setup: Setup, images: torch.Tensor, labels: torch.Tensor):
+    """Mean cross-entropy and logits; `loop` runs Algorithm 1 (a forward per pseudo-batch)."""
+    with autocast(setup):
+        if setup.cfg.bn_impl == "loop" and setup.cfg.group_size < len(labels):
+            group = setup.cfg.group_size
+            logits = [setup.model(chunk) for chunk in images.split(group)]
+            losses = [F.cross_entropy(out.float(), y)
+                      for out, y in zip(logits, labels.split(group), strict=True)]
+            return torch.stack(losses).mean(), torch.cat(logits)
+        logits = setup.model(images)
+        return F.cross_entropy(logits.float(), labels), logits
+
+
+def train_step(setup: Setup, images, labels):
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss, logits = forward_loss(setup, images, labels)
+    loss.backward()
+    setup.optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class Meter:
+    """Sums of one epoch's training metrics, kept on the device (no per-step host sync)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    count: int = 0
+    first_bad_step: torch.Tensor = field(default=None)
+
+    @classmethod
+    def zeros(cls, device) -> Meter:
+        return cls(torch.zeros((), dtype=torch.float64, device=device),
+                   torch.zeros((), dtype=torch.int64, device=device), 0,
+                   torch.full((), -1, dtype=torch.int64, device=device))
+
+    def add(self, loss, logits, labels, step: int) -> None:
+        self.loss_sum += loss.double() * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.count += len(labels)
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(bad, step, self.first_bad_step))
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(),
+                "count": self.count, "first_bad_step": self.first_bad_step.cpu()}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> Meter:
+        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["count"],
+                   state["first_bad_step"].to(device))
+
+
+@torch.no_grad()
+def evaluate(setup: Setup, split: Split) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split, BN in eval mode, no augmentation."""
+    setup.model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=setup.device)
+    correct = torch.zeros((), dtype=torch.int64, device=setup.device)
+    for images, labels in eval_batches(split, setup.cfg.eval_batch_size):
+        with autocast(setup):
+            logits = setup.model(prepare_input(setup, images)).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+    setup.model.train()
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def prepare_input(setup: Setup, images: torch.Tensor) -> torch.Tensor:
+    return images if setup.channels_last else images.contiguous()
+
+
+# ---------------------------------------------------------------------- stopping on a signal
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class Position:
+    epoch: int = 0
+    step: int = 0  # step within the epoch
+    wall_s: float = 0.0
+    best_test_acc: float = 0.0
+    meter_state: dict | None = None
+
+
+def run_state(setup: Setup, position: Position) -> dict:
+    return {"model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+            "position": vars(position), "rng": checkpoint.rng_state(),
+            "config": setup.cfg.to_dict()}
+
+
+def restore(setup: Setup, run_dir: Path) -> Position:
+    path = run_dir / checkpoint.NAME
+    if not path.exists():
+        rundir.truncate_metrics(run_dir, 0)
+        return Position()
+    state = checkpoint.load(path)
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    checkpoint.set_rng_state(state["rng"])
+    position = Position(**state["position"])
+    rundir.truncate_metrics(run_dir, position.epoch)
+    return position
+
+
+def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
+              diverged_at_step: int | None = None, error: str | None = None) -> dict:
+    cfg, plan = setup.cfg, setup.plan
+    last = rows[-1] if rows else {}
+    return {
+        "status": status,
+        "final_test_acc": last.get("test_acc"),
+        "final_train_acc": last.get("train_acc"),
+        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+        "epochs_completed": len(rows),
+        "diverged_at_step": diverged_at_step,
+        "peak_lr": cfg.peak_lr,
+        "warmup_steps": plan.warmup_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "train_images": len(setup.train),
+        "test_images": len(setup.test),
+        "noise_scale_g": cfg.peak_lr * (len(setup.train) / cfg.batch_size - 1),
+        "wall_s": round(position.wall_s, 3),
+        "error": error,
+        "environment": rundir.environment(setup.device, cfg.seed, setup.world_size),
+    }
+
+
+def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, stop_at_step: int | None = None) -> dict:
+    """Train (or resume) the run in `out`; return its summary. `stop_at_step` is for tests:
+    it behaves as a SIGTERM arriving after that global step."""
+    run_dir = rundir.prepare(Path(out), resume, overwrite)
+    setup = build(cfg, progress=not quiet)
+    if not resume:
+        dump_yaml(cfg, run_dir / rundir.CONFIG)
+    position = restore(setup, run_dir) if resume else Position()
+    try:
+        with StopFlag() as stop:
+            status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
+    except Exception as err:
+        summary = summarize(setup, "failed", position, rundir.read_metrics(run_dir),
+                            error=f"{type(err).__name__}: {err}")
+        rundir.write_json(run_dir / rundir.SUMMARY, summary)
+        raise
+    summary = summarize(setup, status, position, rundir.read_metrics(run_dir), bad_step)
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    if status == "interrupted":
+        summary["signal"] = stop.signum or signal.SIGTERM
+    return summary
+
+
+def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quiet: bool,
+           stop_at_step: int | None) -> tuple[str, int | None]:
+    """Run the remaining epochs; return (status, diverged_at_step)."""
+    cfg = setup.cfg
+    while position.epoch < cfg.epochs:
+        started = time.perf_counter()
+        outcome = train_epoch(setup, position, stop, quiet, stop_at_step)
+        if outcome is not None:
+            position.wall_s += time.perf_counter() - started
+        if outcome == "interrupted":
+            checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
+            return "interrupted", None
+        if outcome is not None:
+            return "diverged", outcome
+        finish_epoch(setup, run_dir, position, started, quiet)
+    return "completed", None
+
+
+def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
+                stop_at_step: int | None):
+    """Steps of one epoch from `position`; None when done, 'interrupted', or a diverged step."""
+    cfg, plan = setup.cfg, setup.plan
+    loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, position.epoch,
+                         rank=setup.rank, world_size=setup.world_size)
+    meter = (Meter.from_state(position.meter_state, setup.device) if position.meter_state
+             else Meter.zeros(setup.device))
+    position.meter_state = None
+    bar = tqdm(total=len(loader), initial=position.step, leave=False, dynamic_ncols=True,
+               desc=f"epoch {position.epoch + 1}/{cfg.epochs}",
+               disable=quiet or not sys.stderr.isatty())
+    tick, first_step = time.perf_counter(), position.step
+    for step in range(position.step, len(loader)):
+        global_step = position.epoch * len(loader) + step
+        set_lr(setup.optimizer, plan.lr_at(global_step))
+        images, labels = loader.batch(step)
+        loss, logits = train_step(setup, prepare_input(setup, images), labels)
+        meter.add(loss, logits, labels, global_step)
+        position.step = step + 1
+        if position.step % cfg.log_every == 0 or position.step == len(loader):
+            bar.update(position.step - bar.n)
+            if meter.first_bad_step.item() >= 0:
+                bar.close()
+                return meter.first_bad_step.item()
+            bar.set_postfix(loss=f"{meter.loss_sum.item() / meter.count:.3f}")
+        if stop.signum or (stop_at_step is not None and global_step + 1 >= stop_at_step):
+            bar.close()
+            position.meter_state = meter.state()
+            return "interrupted"
+    bar.close()
+    position.meter_state = meter.state()
+    position.meter_state["images_per_sec"] = (
+        (len(loader) - first_step) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9))
+    return None
+
+
+def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float,
+                 quiet: bool) -> None:
+    """Evaluate, append the epoch's metrics row, and checkpoint."""
+    cfg, meter = setup.cfg, position.meter_state
+    test_loss, test_acc = evaluate(setup, setup.test)
+    position.wall_s += time.perf_counter() - started
+    steps_per_epoch = setup.plan.steps_per_epoch
+    row = {
+        "epoch": position.epoch + 1,
+        "step": (position.epoch + 1) * steps_per_epoch,
+        "lr": setup.plan.lr_at((position.epoch + 1) * steps_per_epoch - 1),
+        "train_loss": meter["loss_sum"].item() / meter["count"],
+        "train_acc": meter["correct"].item() / meter["count"],
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "images_per_sec": round(meter["images_per_sec"], 1),
+        "wall_s": round(position.wall_s, 3),
+    }
+    if not math.isfinite(row["train_loss"]):
+        raise RuntimeError("non-finite training loss escaped the divergence check")
+    rundir.append_metrics(run_dir, row)
+    position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
+    position.best_test_acc = max(position.best_test_acc, test_acc)
+    checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
+    if not quiet:
+        print(f"epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
+              f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}  "
+              f"test loss {test_loss:.3f} acc {test_acc:.3f}  "
+              f"{row['images_per_sec']:.0f} img/s  {row['wall_s']:.1f}s", flush=True)
