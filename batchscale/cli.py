@@ -51,6 +51,12 @@ def build_parser() -> Parser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     add_config_options(train)
+    # -- issue 3: `study` and `report`; their options and logic live in their own modules.
+    from batchscale.report import add_report_parser
+    from batchscale.study import add_study_parser
+
+    add_study_parser(commands)
+    add_report_parser(commands)
     return parser
 
 
@@ -93,10 +99,23 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_study(args: argparse.Namespace) -> int:  # issue 3
+    from batchscale.sweep import study_command
+
+    return study_command(args)
+
+
+def run_report(args: argparse.Namespace) -> int:  # issue 3
+    from batchscale.report import report_command
+
+    return report_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"train": run_train}[args.command](args)
+        commands = {"train": run_train, "study": run_study, "report": run_report}
+        return commands[args.command](args)
     except UserError as err:
         print(f"batchscale: error: {err}", file=sys.stderr)
         return 2

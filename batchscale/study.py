@@ -1,0 +1,247 @@
+"""Studies: a preset's grid (recipes × batch sizes × seeds) expanded into runs of the engine.
+
+    batchscale study --list                       # the presets shipped in batchscale/presets/
+    batchscale study table3 --dry-run             # each run's peak lr, warmup, BN group G
+    batchscale study demo                         # run the sweep into runs/demo, then report
+    batchscale study mini --jobs 2 --seeds 3 --set width=16
+
+A run lives in `<out>/<recipe>/b<B>/seed<S>`. Runs that are already `completed` or `diverged` are
+skipped and unfinished ones resumed, so rerunning the same command continues a sweep. Runs whose
+settings are identical (a recipe at its base batch size, where scaling, warmup and per-worker BN
+change nothing) are trained once and shown in every recipe that has them. Execution is in
+`batchscale.sweep`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from batchscale import rundir
+from batchscale.config import TrainConfig, from_dict, parse_value
+from batchscale.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+PLAN_FILE = "study.yaml"  # the expanded plan, written at the top of a sweep's directory
+PRESET_KEYS = {"description", "extends", "config", "recipes", "use_recipes", "batch_sizes",
+               "seeds", "published_batch_factor"}
+KNOWN_TRAIN_IMAGES = {"sample": 5000, "cifar10": 50000}
+
+
+# ---------------------------------------------------------------------- presets
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - PRESET_KEYS
+    if unknown:
+        raise UserError(f"preset {name}: unknown key(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def _merge_recipes(parent: dict, child: dict) -> dict:
+    merged = copy.deepcopy(parent)
+    for name, recipe in child.items():
+        old = merged.get(name, {})
+        merged[name] = {**old, **recipe,
+                        "config": {**old.get("config", {}), **recipe.get("config", {})}}
+    return merged
+
+
+def load_preset(name: str) -> dict:
+    """A preset with its `extends` chain resolved: config and recipes merged, the rest replaced."""
+    data = _read_preset(name)
+    parent = load_preset(data["extends"]) if data.get("extends") else {}
+    merged = {**parent, **data}
+    merged["config"] = {**parent.get("config", {}), **data.get("config", {})}
+    merged["recipes"] = _merge_recipes(parent.get("recipes", {}), data.get("recipes", {}))
+    merged["name"] = name
+    merged.pop("extends", None)
+    return merged
+
+
+# ---------------------------------------------------------------------- the grid
+@dataclass
+class Run:
+    recipe: str
+    batch_size: int
+    seed: int
+    cfg: TrainConfig
+    directory: str  # relative to the sweep's directory; shared by equivalent runs
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipe}/b{self.batch_size}/seed{self.seed}"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--set FIELD=VALUE` pairs, each checked against the config's fields and types."""
+    overrides = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set expects FIELD=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        name = key.strip().replace("-", "_")
+        overrides[name] = parse_value(name, value.strip())
+    return overrides
+
+
+def equivalence_key(cfg: TrainConfig) -> tuple:
+    """Settings that decide the training: fields that change nothing are normalized away."""
+    values = cfg.to_dict()
+    for name in ("threads", "device", "log_every", "eval_batch_size"):
+        values.pop(name)
+    if cfg.peak_lr == cfg.lr:  # no scaling at this B: warmup ramps from lr to lr
+        values.update(scale_rule="none", warmup_epochs=0.0, base_batch_size=0)
+    if cfg.group_size >= cfg.batch_size:  # one group is the whole batch
+        values.update(bn_group=0, bn_impl="ghost")
+    return tuple(sorted(values.items()))
+
+
+def expand(preset: dict, seeds: int | None = None, overrides: dict | None = None,
+           jobs: int = 1) -> list[Run]:
+    """Every run of the grid, recipes outermost, in the preset's order."""
+    count = seeds if seeds is not None else preset.get("seeds", 1)
+    if count < 1:
+        raise UserError(f"--seeds must be at least 1, got {count}")
+    recipes = preset["recipes"]
+    missing = [r for r in preset["use_recipes"] if r not in recipes]
+    if missing:
+        raise UserError(f"preset {preset['name']}: unknown recipe(s) {', '.join(missing)}")
+    runs, owners = [], {}
+    for recipe in preset["use_recipes"]:
+        for batch_size in preset["batch_sizes"]:
+            for seed in range(count):
+                values = {**preset["config"], **recipes[recipe].get("config", {}),
+                          "batch_size": batch_size, "seed": seed, **(overrides or {})}
+                if not values.get("threads"):
+                    values["threads"] = default_threads(jobs)
+                run = Run(recipe, batch_size, seed, from_dict(values), "")
+                run.directory = owners.setdefault(equivalence_key(run.cfg), run.name)
+                runs.append(run)
+    return runs
+
+
+def default_threads(jobs: int) -> int:
+    """The cores this process may use, shared among `jobs` runs at once."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(jobs, 1))
+
+
+def unique_runs(runs: list[Run]) -> list[Run]:
+    """One run per directory: the runs that are actually trained."""
+    return [run for run in runs if run.directory == run.name]
+
+
+# ---------------------------------------------------------------------- effective settings
+def train_images(cfg: TrainConfig) -> int | None:
+    """Training images a config sees, without loading the data (None when unknown)."""
+    total = KNOWN_TRAIN_IMAGES.get(cfg.dataset)
+    path = Path(cfg.dataset).expanduser()
+    if total is None and path.suffix == ".zip" and path.exists():
+        with zipfile.ZipFile(path) as archive:
+            total = sum(1 for n in archive.namelist()
+                        if n.startswith("train/") and n.count("/") == 2 and not n.endswith("/"))
+    elif total is None and (path.name.endswith(".tar.gz") or (path / "data_batch_1").exists()):
+        total = 50000
+    if total is not None and cfg.train_subset:
+        total = min(total, cfg.train_subset)
+    return total
+
+
+def settings(run: Run) -> dict:
+    """The effective settings of a run, as `--dry-run` shows them."""
+    cfg = run.cfg
+    images = train_images(cfg)
+    steps = images // cfg.batch_size if images else None
+    return {
+        "run": run.name, "B": cfg.batch_size, "peak_lr": cfg.peak_lr,
+        "warmup_epochs": cfg.warmup_epochs,
+        "warmup_steps": round(cfg.warmup_epochs * steps) if steps else None,
+        "G": cfg.group_size, "steps_per_epoch": steps,
+        "total_steps": steps * cfg.epochs if steps else None,
+        "B_fraction": cfg.batch_size / images if images else None,
+        "shared_with": None if run.directory == run.name else run.directory,
+    }
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def dry_run_table(runs: list[Run], out: Path) -> str:
+    """A fixed-width table of every run, its settings and its state in `out`."""
+    header = ["run", "B", "peak lr", "warmup ep", "warmup steps", "G", "steps/ep",
+              "steps", "B/N", "state"]
+    lines = []
+    for run in runs:
+        s = settings(run)
+        state = (f"= {s['shared_with']}" if s["shared_with"]
+                 else run_state(out / run.directory))
+        lines.append([s["run"], s["B"], s["peak_lr"], s["warmup_epochs"], s["warmup_steps"],
+                      s["G"], s["steps_per_epoch"], s["total_steps"], s["B_fraction"], state])
+    cells = [header] + [[_cell(v) for v in line] for line in lines]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def run_state(directory: Path) -> str:
+    """new | completed | diverged | resume (an interrupted, failed or unfinished run)."""
+    if not (directory / rundir.CONFIG).exists():
+        return "new"
+    summary = directory / rundir.SUMMARY
+    status = rundir.read_json(summary).get("status") if summary.exists() else None
+    return status if status in rundir.FINAL_STATUSES else "resume"
+
+
+def plan_document(preset: dict, runs: list[Run]) -> dict:
+    """What the report needs to know about the sweep, written to `<out>/study.yaml`."""
+    return {
+        "preset": preset["name"],
+        "description": preset.get("description", ""),
+        "published_batch_factor": preset.get("published_batch_factor", 1),
+        "recipes": {name: {"published": preset["recipes"][name].get("published")}
+                    for name in preset["use_recipes"]},
+        "runs": [{"recipe": r.recipe, "batch_size": r.batch_size, "seed": r.seed,
+                  "directory": r.directory} for r in runs],
+    }
+
+
+# ---------------------------------------------------------------------- command line
+def add_study_parser(commands) -> None:
+    """The `study` subcommand's options (run by batchscale.sweep.study_command)."""
+    study = commands.add_parser("study", help="run a preset's sweep of runs, then its report")
+    study.add_argument("preset", nargs="?", help="a preset name (see --list)")
+    study.add_argument("--list", action="store_true", help="list the presets and exit")
+    study.add_argument("--out", help="sweep directory (default: runs/PRESET)")
+    study.add_argument("--seeds", type=int, help="seeds per setting (default: the preset's)")
+    study.add_argument("--jobs", type=int, default=1,
+                       help="runs at once; each gets cores/jobs threads (default: 1)")
+    study.add_argument("--dry-run", action="store_true",
+                       help="list the runs and their effective settings; run nothing")
+    study.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a config field for every run (repeatable)")
+    study.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+
+def list_presets() -> str:
+    return "\n".join(f"{name:<12} {load_preset(name).get('description', '')}"
+                     for name in preset_names())

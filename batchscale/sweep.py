@@ -1,0 +1,216 @@
+"""Running a study's runs: each in its own `batchscale train` subprocess, N at once.
+
+    batchscale study demo --jobs 2        # two runs at a time, each with cores/2 threads
+
+Completed and diverged runs are skipped, others resumed from their checkpoint; a run that fails
+(non-zero exit) is reported and the sweep goes on. Ctrl-C or SIGTERM stops every run at its next
+step with a checkpoint; rerunning the same command resumes. Each run's output goes to
+`<out>/logs/<recipe>_b<B>_seed<S>.log`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from batchscale import rundir
+from batchscale.cli import RESUMABLE_FIELDS
+from batchscale.config import load_yaml
+from batchscale.errors import UserError
+from batchscale.study import PLAN_FILE, Run, run_state, unique_runs
+
+POLL_S = 0.5
+
+
+def check_existing(runs: list[Run], out: Path) -> None:
+    """Refuse to mix settings: an existing run must have the settings the preset now gives."""
+    for run in unique_runs(runs):
+        saved = out / run.directory / rundir.CONFIG
+        if not saved.exists():
+            continue
+        old, new = load_yaml(saved).to_dict(), run.cfg.to_dict()
+        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+        if changed:
+            k = changed[0]
+            raise UserError(f"{saved.parent} was run with {k}={old.get(k)!r}, the study now "
+                            f"asks {k}={new[k]!r}; use another --out or remove that run")
+
+
+def train_command(run: Run, directory: Path, resume: bool) -> list[str]:
+    command = [sys.executable, "-m", "batchscale", "train", "--out", str(directory), "--quiet"]
+    if resume:
+        return command + ["--resume", "--threads", str(run.cfg.threads),
+                          "--epochs", str(run.cfg.epochs)]
+    for name, value in run.cfg.to_dict().items():
+        command += ["--" + name.replace("_", "-"), str(value)]
+    return command + ["--overwrite"]  # a directory without config.yaml holds nothing to keep
+
+
+@dataclass
+class Active:
+    run: Run
+    process: subprocess.Popen
+    log: object
+    started: float = field(default_factory=time.perf_counter)
+
+
+def start(run: Run, out: Path) -> Active:
+    directory = out / run.directory
+    resume = (directory / rundir.CONFIG).exists()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = open(logs / (run.directory.replace("/", "_") + ".log"), "a")
+    log.write(f"# {'resume' if resume else 'start'} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    log.flush()
+    process = subprocess.Popen(train_command(run, directory, resume), stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Active(run, process, log)
+
+
+def outcome(active: Active, out: Path) -> tuple[str, str]:
+    """How a finished run ended: (status, one line for the user)."""
+    directory = out / active.run.directory
+    summary_path = directory / rundir.SUMMARY
+    summary = rundir.read_json(summary_path) if summary_path.exists() else {}
+    status = summary.get("status", "failed")
+    if active.process.returncode and status in rundir.FINAL_STATUSES:
+        status = "failed"
+    text = f"{active.run.directory}: {status}"
+    if status == "completed":
+        text += (f", test {summary['final_test_acc']:.4f} train {summary['final_train_acc']:.4f}"
+                 f" in {summary['wall_s']:.0f}s")
+    elif status == "diverged":
+        text += f" at step {summary['diverged_at_step']}"
+    elif status != "interrupted":
+        log_path = Path(active.log.name)
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        text += f" (exit {active.process.returncode}): {lines[-1] if lines else 'no output'}"
+    return status, text
+
+
+def epoch_of(active: Active, out: Path) -> str:
+    done = len(rundir.read_metrics(out / active.run.directory))
+    return f"{active.run.directory} ep {done}/{active.run.cfg.epochs}"
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = None,
+            preset_document: dict | None = None) -> dict[str, int]:
+    """Run every unfinished run; return counts by outcome. `stop_after` (for tests) stops
+    launching new runs once that many have finished, as an interruption would."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_existing(runs, out)
+    if preset_document is not None:
+        (out / PLAN_FILE).write_text(yaml.safe_dump(preset_document, sort_keys=False))
+    todo = [r for r in unique_runs(runs) if run_state(out / r.directory) not in
+            rundir.FINAL_STATUSES]
+    total = len(unique_runs(runs))
+    counts = {"skipped": total - len(todo), "completed": 0, "diverged": 0, "failed": 0,
+              "interrupted": 0}
+    bar = tqdm(total=total, initial=counts["skipped"], desc="runs", unit="run",
+               dynamic_ncols=True, disable=not sys.stderr.isatty())
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    active: list[Active] = []
+    try:
+        _loop(todo, out, jobs, stop_after, active, counts, bar)
+    except (KeyboardInterrupt, _Terminated):
+        _stop_all(active, out, counts, bar)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+    return counts
+
+
+def _loop(todo, out, jobs, stop_after, active, counts, bar) -> None:
+    queue, finished = list(todo), 0
+    while queue or active:
+        while queue and len(active) < jobs and (stop_after is None or finished < stop_after):
+            active.append(start(queue.pop(0), out))
+        if not active:
+            return
+        time.sleep(POLL_S)
+        for item in [a for a in active if a.process.poll() is not None]:
+            active.remove(item)
+            finished += _finish(item, out, counts, bar)
+        bar.set_postfix_str("; ".join(epoch_of(a, out) for a in active))
+
+
+def _finish(item: Active, out: Path, counts: dict, bar) -> int:
+    item.log.close()
+    status, line = outcome(item, out)
+    counts[status] = counts.get(status, 0) + 1
+    if bar.disable:
+        print(line, flush=True)
+    else:
+        tqdm.write(line, file=sys.stderr)
+    bar.update(1)
+    return 1
+
+
+def _stop_all(active: list[Active], out: Path, counts: dict, bar) -> None:
+    """Ask every running run to checkpoint and stop, and wait for it."""
+    for item in active:
+        if item.process.poll() is None:
+            item.process.send_signal(signal.SIGTERM)
+    for item in active:
+        try:
+            item.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            item.process.kill()
+            item.process.wait()
+        item.log.close()
+        print(outcome(item, out)[1], file=sys.stderr)
+    counts["interrupted"] += max(len(active), 1)
+
+
+# ---------------------------------------------------------------------- command line
+def study_command(args) -> int:
+    """`batchscale study`: list, dry-run, or run a preset's sweep and write its report."""
+    from batchscale.study import (
+        dry_run_table,
+        expand,
+        list_presets,
+        load_preset,
+        parse_overrides,
+        plan_document,
+    )
+
+    if args.list:
+        print(list_presets())
+        return 0
+    if not args.preset:
+        raise UserError("study needs a PRESET (or --list)")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    preset = load_preset(args.preset)
+    runs = expand(preset, args.seeds, parse_overrides(args.set), args.jobs)
+    out = Path(args.out or Path("runs") / args.preset)
+    if args.dry_run:
+        print(dry_run_table(runs, out))
+        print(f"{len(unique_runs(runs))} runs to train for {len(runs)} grid cells; out: {out}")
+        return 0
+    counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs))
+    print("runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
+    if counts["interrupted"]:
+        print(f"interrupted; rerun `batchscale study {args.preset} --out {out}` to resume",
+              file=sys.stderr)
+        return 130
+    if not args.no_report:
+        from batchscale.report import write_report
+
+        print(f"report: {write_report(out)}")
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,191 @@
+"""Tests of studies: presets and grid expansion, the sweep runner (skip, resume, failures), CLI.
+
+    .venv/bin/python -m pytest tests/test_study.py
+
+The sweep tests train real runs of a tiny config (width 4, 200 images, 1 epoch): seconds each.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batchscale import rundir
+from batchscale.cli import main
+from batchscale.config import from_dict
+from batchscale.errors import UserError
+from batchscale.study import (
+    dry_run_table,
+    expand,
+    load_preset,
+    preset_names,
+    settings,
+    train_images,
+    unique_runs,
+)
+from batchscale.sweep import execute
+from batchscale.train import train
+
+TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500}
+
+
+# ---------------------------------------------------------------------- presets and the grid
+def test_every_preset_expands_to_valid_runs():
+    for name in preset_names():
+        preset = load_preset(name)
+        runs = expand(preset)
+        assert len(runs) == (len(preset["use_recipes"]) * len(preset["batch_sizes"])
+                             * preset["seeds"]), name
+        assert {r.name for r in runs} == {f"{r.recipe}/b{r.batch_size}/seed{r.seed}"
+                                          for r in runs}
+
+
+def test_table3_settings_match_the_study():
+    rows = [settings(r) for r in expand(load_preset("table3"))]
+    assert [r["B"] for r in rows] == [32, 64, 128, 256, 512, 1024, 2048]
+    assert [r["peak_lr"] for r in rows] == pytest.approx([0.025 * b / 32 for b in
+                                                          [32, 64, 128, 256, 512, 1024, 2048]])
+    assert rows[-1]["peak_lr"] == pytest.approx(1.6)
+    assert all(r["warmup_epochs"] == 10 and r["G"] == 32 for r in rows)
+    assert [r["warmup_steps"] for r in rows] == [10 * (50000 // b) for b in
+                                                 [32, 64, 128, 256, 512, 1024, 2048]]
+    cfg = expand(load_preset("table3"))[0].cfg
+    assert (cfg.epochs, cfg.decay_every, cfg.decay_factor, cfg.momentum, cfg.weight_decay) == (
+        200, 50, 0.1, 0.9, 5e-4)
+
+
+def test_tables_1_2_and_divergence_settings():
+    assert {settings(r)["peak_lr"] for r in expand(load_preset("table1"))} == {0.025}
+    assert all(settings(r)["warmup_epochs"] == 0 for r in expand(load_preset("table1")))
+    assert all(settings(r)["G"] == r.batch_size for r in expand(load_preset("table2")))
+    (run,) = expand(load_preset("diverge4096"))
+    assert (run.batch_size, run.cfg.peak_lr, run.cfg.group_size) == (4096, pytest.approx(3.2), 32)
+
+
+def test_rmsprop_presets():
+    lrs = [r.cfg.peak_lr for r in expand(load_preset("table4"))]
+    assert lrs == pytest.approx([0.1, 0.01, 0.001, 0.0001])
+    assert {r.cfg.weight_decay for r in expand(load_preset("table4"))} == {0.1}
+    assert [r.cfg.weight_decay for r in expand(load_preset("table5"))] == [0.1, 0.5, 0.05, 0.01]
+    assert {r.cfg.peak_lr for r in expand(load_preset("table6"))} == {0.001}
+    table7 = expand(load_preset("table7"))
+    assert [r.cfg.peak_lr for r in table7] == pytest.approx(
+        [0.001 * b / 128 for b in [32, 64, 128, 256, 512, 1024, 2048]])
+    assert all(r.cfg.optimizer == "rmsprop" and r.cfg.group_size == 32 for r in table7)
+
+
+def test_mini_preset_stays_in_the_study_regime():
+    runs = expand(load_preset("mini"))
+    sizes = sorted({r.batch_size for r in runs})
+    images = train_images(runs[0].cfg)
+    assert sizes[-1] <= 0.04 * images and sizes[-1] / sizes[0] >= 16
+    largest = [settings(r) for r in runs if r.batch_size == sizes[-1]]
+    assert all(s["total_steps"] >= 200 for s in largest)
+    assert all(s["warmup_steps"] >= 24 for s in largest if s["warmup_epochs"])
+    assert len({r.seed for r in runs}) >= 2
+
+
+def test_equivalent_runs_are_trained_once():
+    runs = expand(load_preset("demo"))
+    smallest = [r for r in runs if r.batch_size == 32 and r.seed == 0]
+    assert {r.directory for r in smallest} == {"trivial/b32/seed0"}
+    assert len(unique_runs(runs)) == len(runs) - 2 * 2  # two recipes x two seeds shared
+
+
+def test_overrides_and_seeds():
+    runs = expand(load_preset("table3"), seeds=3, overrides={"width": 16})
+    assert len(runs) == 21 and {r.cfg.width for r in runs} == {16}
+    assert {r.seed for r in runs} == {0, 1, 2}
+
+
+def test_threads_are_cores_shared_among_jobs(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert {r.cfg.threads for r in expand(load_preset("demo"), jobs=4)} == {2}
+
+
+def test_dry_run_lists_runs_and_settings(capsys):
+    assert main(["study", "table3", "--dry-run", "--out", "/nonexistent/x"]) == 0
+    out = capsys.readouterr().out
+    assert "per-worker-bn/b2048/seed0" in out and "1.6" in out and "new" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["study", "nosuchpreset"], "unknown preset 'nosuchpreset'"),
+    (["study", "table3", "--dry-run", "--set", "widht=8"], "unknown config field 'widht'"),
+    (["study", "table3", "--dry-run", "--set", "width=wide"], "width must be int"),
+    (["study", "table3", "--dry-run", "--set", "width"], "--set expects FIELD=VALUE"),
+    (["study", "table3", "--dry-run", "--bogus"], "unrecognized arguments"),
+])
+def test_user_errors_are_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_list_shows_the_presets(capsys):
+    assert main(["study", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "table3" in out and "mini" in out and "_base" not in out
+
+
+# ---------------------------------------------------------------------- the sweep
+def tiny_preset(batch_sizes=(32, 64)) -> dict:
+    preset = load_preset("demo")
+    preset.update(use_recipes=["trivial"], batch_sizes=list(batch_sizes), seeds=1)
+    return preset
+
+
+def tiny_runs(batch_sizes=(32, 64)):
+    return expand(tiny_preset(batch_sizes), overrides={**TINY, "threads": 1})
+
+
+def test_interrupted_sweep_resumes_only_the_rest(tmp_path):
+    runs = tiny_runs()
+    first = execute(runs, tmp_path, stop_after=1)
+    assert first["completed"] == 1
+    done = tmp_path / runs[0].directory / rundir.SUMMARY
+    assert json.loads(done.read_text())["status"] == "completed"
+    assert not (tmp_path / runs[1].directory).exists()
+    stamp = done.stat().st_mtime_ns
+    second = execute(runs, tmp_path)
+    assert (second["skipped"], second["completed"]) == (1, 1)
+    assert done.stat().st_mtime_ns == stamp  # the finished run was not touched
+
+
+def test_interrupted_run_is_resumed_not_restarted(tmp_path):
+    (run,) = tiny_runs((32,))
+    summary = train(run.cfg, tmp_path / run.directory, quiet=True, stop_at_step=2)
+    assert summary["status"] == "interrupted"
+    counts = execute([run], tmp_path)
+    assert counts["completed"] == 1
+    log = (tmp_path / "logs" / "trivial_b32_seed0.log").read_text()
+    assert "# resume" in log
+    assert len(rundir.read_metrics(tmp_path / run.directory)) == 1
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
+    runs = tiny_runs((256, 32))  # 256 > the 200 training images: that run fails
+    counts = execute(runs, tmp_path, jobs=2)
+    assert (counts["failed"], counts["completed"]) == (1, 1)
+    status = json.loads((tmp_path / "trivial/b32/seed0" / rundir.SUMMARY).read_text())["status"]
+    assert status == "completed"
+
+
+def test_changed_settings_are_refused(tmp_path):
+    (run,) = tiny_runs((32,))
+    execute([run], tmp_path)
+    (changed,) = expand(tiny_preset((32,)), overrides={**TINY, "threads": 1, "width": 8})
+    with pytest.raises(UserError, match="width"):
+        execute([changed], tmp_path)
+
+
+def test_train_images_without_loading_data():
+    assert train_images(from_dict({"dataset": "sample"})) == 5000
+    assert train_images(from_dict({"dataset": "cifar10", "train_subset": 10000})) == 10000
+    zip_path = Path(__file__).parents[1] / "batchscale" / "sample" / "cifar10-sample.zip"
+    assert train_images(from_dict({"dataset": str(zip_path)})) == 5000
+
+
+def test_dry_run_table_marks_shared_and_finished_runs(tmp_path):
+    text = dry_run_table(expand(load_preset("demo")), tmp_path)
+    assert "= trivial/b32/seed0" in text
