@@ -20,20 +20,23 @@ CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 FINAL_STATUSES = ("completed", "diverged")
 
 
-def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Create `out` for a new run, or check it for a resume; never silently overwrite."""
+def check(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run over an existing one (without --overwrite) or to resume nothing."""
     out = Path(out)
-    exists = out.exists() and any(out.iterdir())
-    if resume:
-        if not (out / CONFIG).exists():
-            raise UserError(f"cannot resume: {out} holds no run (no {CONFIG})")
-        return out
-    if exists and not overwrite:
+    if resume and not (out / CONFIG).exists():
+        raise UserError(f"cannot resume: {out} holds no run (no {CONFIG})")
+    if not resume and not overwrite and out.exists() and any(out.iterdir()):
         raise UserError(f"run directory {out} exists; pass --resume to continue it or "
                         f"--overwrite to replace it")
-    if exists:
+
+
+def create(out: Path, overwrite: bool) -> Path:
+    """An empty directory for a new run (an existing one is removed only with overwrite)."""
+    out = Path(out)
+    check(out, False, overwrite)
+    if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     return out
 
 

@@ -236,9 +236,11 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
           quiet: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) the run in `out`; return its summary. `stop_at_step` is for tests:
     it behaves as a SIGTERM arriving after that global step."""
-    run_dir = rundir.prepare(Path(out), resume, overwrite)
-    setup = build(cfg, progress=not quiet)
+    run_dir = Path(out)
+    rundir.check(run_dir, resume, overwrite)
+    setup = build(cfg, progress=not quiet)  # user errors in the data surface before any write
     if not resume:
+        rundir.create(run_dir, overwrite)
         dump_yaml(cfg, run_dir / rundir.CONFIG)
     position = restore(setup, run_dir) if resume else Position()
     try:

@@ -1,0 +1,152 @@
+"""The training loop: exact resume, kills, divergence, the run directory, and real data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from batchscale import checkpoint, rundir
+from batchscale.config import from_dict
+from batchscale.errors import UserError
+from batchscale.train import train
+
+from conftest import ROOT, tiny_config
+
+TIMING = ("images_per_sec", "wall_s")
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch run (4 steps an epoch) to compare resumed runs with."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    summary = train(tiny_config(epochs=3, warmup_epochs=1), out, quiet=True)
+    return out, summary
+
+
+def test_run_directory_holds_config_metrics_summary_checkpoint(reference):
+    out, summary = reference
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.json",
+                                              "checkpoint.pt"}
+    rows = rundir.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [4, 8, 12]
+    assert rows[0]["lr"] == pytest.approx(0.05)  # warmup from 0.05 to 0.05: base = peak at B=64
+    assert all(0 <= r["test_acc"] <= 1 and 0 <= r["train_acc"] <= 1 for r in rows)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved["epochs_completed"] == 3
+    assert saved["final_test_acc"] == rows[-1]["test_acc"]
+    assert saved["best_test_acc"] == max(r["test_acc"] for r in rows)
+    assert saved["noise_scale_g"] == pytest.approx(0.05 * (256 / 64 - 1))
+    assert saved["environment"]["seed"] == 3 and saved["test_images"] == 1000
+    assert yaml.safe_load((out / "config.yaml").read_text()) == tiny_config(
+        epochs=3, warmup_epochs=1).to_dict()
+
+
+def test_resume_mid_epoch_reproduces_the_uninterrupted_metrics(reference, tmp_path):
+    cfg = tiny_config(epochs=3, warmup_epochs=1)
+    summary = train(cfg, tmp_path / "run", quiet=True, stop_at_step=6)  # mid epoch 2
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["position"]["step"] == 2
+    summary = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert summary["status"] == "completed"
+    assert without_timing(rundir.read_metrics(tmp_path / "run")) == without_timing(
+        rundir.read_metrics(reference[0]))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "batchscale", "train", *args]
+
+
+def _tiny_args(out):
+    cfg = tiny_config(epochs=3, warmup_epochs=1)
+    pairs = [(f"--{k.replace('_', '-')}", str(v)) for k, v in cfg.to_dict().items()]
+    return [x for pair in pairs for x in pair] + ["--out", str(out), "--quiet"]
+
+
+def _wait_for_rows(path, rows, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    raise AssertionError("no metrics appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_to_the_same_metrics(reference, tmp_path, sig):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(_cli(*_tiny_args(out)), env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(out / "metrics.jsonl", 1, process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == (-9 if sig == signal.SIGKILL else 128 + sig)
+    assert "Traceback" not in stderr
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written file
+    resumed = subprocess.run(_cli("--out", str(out), "--resume", "--quiet"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(rundir.read_metrics(out)) == without_timing(
+        rundir.read_metrics(reference[0]))
+
+
+def test_huge_learning_rate_diverges_cleanly(tmp_path):
+    summary = train(tiny_config(lr=1e6, log_every=1), tmp_path / "run", quiet=True)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["status"] == summary["status"] == "diverged"
+    assert isinstance(saved["diverged_at_step"], int) and 0 <= saved["diverged_at_step"] < 8
+
+
+def test_existing_run_directory_is_never_overwritten_silently(reference, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists"):
+        train(tiny_config(epochs=1), tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+    train(tiny_config(epochs=1), tmp_path / "run", quiet=True, overwrite=True)
+    assert not (tmp_path / "run" / "notes.txt").exists()
+    with pytest.raises(UserError, match="no run"):
+        train(tiny_config(), tmp_path / "elsewhere", resume=True, quiet=True)
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save({"epoch": 1}, path)
+
+    def crash(handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(path, crash)
+    assert checkpoint.load(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    path.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot be read"):
+        checkpoint.load(path)
+
+
+def test_loop_implementation_trains_end_to_end(tmp_path):
+    summary = train(tiny_config(epochs=1, bn_group=16, bn_impl="loop"), tmp_path / "r",
+                    quiet=True)
+    assert summary["status"] == "completed" and summary["final_test_acc"] > 0
+
+
+def test_real_cifar10_subset_reaches_30_percent(shared_zip, tmp_path):
+    cfg = from_dict(dict(dataset=str(shared_zip), width=16, train_subset=5000, epochs=4,
+                         batch_size=128, base_batch_size=128, lr=0.1, warmup_epochs=0.5,
+                         schedule="cosine", threads=2, seed=0))
+    summary = train(cfg, tmp_path / "real", quiet=True)
+    assert summary["status"] == "completed" and summary["test_images"] == 10_000
+    assert summary["final_test_acc"] >= 0.30, summary
