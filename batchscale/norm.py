@@ -32,7 +32,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     def _ghost_forward(self, x: torch.Tensor, group: int) -> torch.Tensor:
         n, c, h, w = x.shape
         k = n // group
-        xg = x.float().view(k, group, c, h, w)
+        xg = x.to(torch.promote_types(x.dtype, torch.float32)).view(k, group, c, h, w)
         var, mean = torch.var_mean(xg, dim=(1, 3, 4), unbiased=False, keepdim=True)
         y = (xg - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
@@ -40,7 +40,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats:
             count = group * h * w
             self._update_running(mean.view(k, c), var.view(k, c) * count / max(count - 1, 1))
-        return y.view(n, c, h, w).to(x.dtype)
+        return y.reshape(n, c, h, w).to(x.dtype)
 
     @torch.no_grad()
     def _update_running(self, means: torch.Tensor, unbiased_vars: torch.Tensor) -> None:
