@@ -73,6 +73,8 @@ class TrainConfig:
     threads: int = _opt(0, "CPU threads for torch (0 = torch's default)")
     eval_batch_size: int = _opt(1000, "batch size for evaluation")
     log_every: int = _opt(20, "steps between progress-bar updates (each one reads the loss)")
+    track_noise_scale: bool = _opt(False, "log the gradient noise scale B_simple per epoch "
+                                          "(McCandlish et al.; costs one small-batch pass a step)")
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from batchscale.lars import build_lamb, build_lars
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: multi-dimensional weights, and one-dimensional parameters (BN, biases)."""
@@ -35,11 +37,19 @@ def build_rmsprop(cfg, groups):
                                weight_decay=cfg.weight_decay)
 
 
-OPTIMIZERS = {"sgd": build_sgd, "rmsprop": build_rmsprop}
+OPTIMIZERS = {"sgd": build_sgd, "rmsprop": build_rmsprop, "lars": build_lars,
+              "lamb": build_lamb}
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](cfg, parameter_groups(model, cfg.weight_decay))
+    """The optimizer named by cfg.optimizer; `exclude_bn_bias_wd` zeroes the decay of
+    `bn_and_bias` (LARS and LAMB always exclude that group)."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.exclude_bn_bias_wd:
+        for group in groups:
+            if group["name"] == "bn_and_bias":
+                group["weight_decay"] = 0.0
+    return OPTIMIZERS[cfg.optimizer](cfg, groups)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

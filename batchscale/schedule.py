@@ -51,7 +51,17 @@ def cosine_decay(plan: LearningRatePlan, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - plan.warmup_steps) / span))
 
 
-SCHEDULES = {"constant": constant_decay, "step": step_decay, "cosine": cosine_decay}
+def poly_decay(plan: LearningRatePlan, step: int) -> float:
+    """(1 - progress)^2 over the steps after warmup: from 1 to 0 at the end of training
+    (the usual partner of LARS; the same span as `cosine_decay`)."""
+    if step < plan.warmup_steps:
+        return 1.0
+    span = max(plan.total_steps - plan.warmup_steps, 1)
+    return max(1.0 - (step - plan.warmup_steps) / span, 0.0) ** 2
+
+
+SCHEDULES = {"constant": constant_decay, "step": step_decay, "cosine": cosine_decay,
+             "poly": poly_decay}
 
 
 def plan_from_config(cfg, steps_per_epoch: int) -> LearningRatePlan:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from batchscale import checkpoint, rundir
+from batchscale.analysis import noise as noise_scale
 from batchscale.config import TrainConfig, dump_yaml
 from batchscale.data import EpochLoader, Split, balanced_subset, eval_batches, load_dataset
 from batchscale.errors import UserError
@@ -53,6 +54,7 @@ class Setup:
     channels_last: bool
     world_size: int = 1
     rank: int = 0
+    noise: noise_scale.NoiseScaleTracker | None = None  # issue 5: with cfg.track_noise_scale
 
 
 def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
@@ -102,6 +104,9 @@ def train_step(setup: Setup, images, labels):
     setup.optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_loss(setup, images, labels)
     loss.backward()
+    if setup.noise is not None:  # issue 5: one small group's gradient, before the step
+        noise_scale.observe_step(setup.noise, setup.model, images, labels,
+                                 lambda x, y: forward_loss(setup, x, y)[0])
     setup.optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -187,6 +192,7 @@ class Position:
     wall_s: float = 0.0
     best_test_acc: float = 0.0
     meter_state: dict | None = None
+    noise_state: dict | None = None  # issue 5: the noise-scale moving averages
 
 
 def run_state(setup: Setup, position: Position) -> dict:
@@ -243,6 +249,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         rundir.create(run_dir, overwrite)
         dump_yaml(cfg, run_dir / rundir.CONFIG)
     position = restore(setup, run_dir) if resume else Position()
+    setup.noise = noise_scale.attach(setup, position)
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
@@ -333,6 +340,8 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
     }
     if not math.isfinite(row["train_loss"]):
         raise RuntimeError("non-finite training loss escaped the divergence check")
+    if setup.noise is not None:
+        row.update(setup.noise.row())
     rundir.append_metrics(run_dir, row)
     position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
     position.best_test_acc = max(position.best_test_acc, test_acc)

@@ -1,0 +1,173 @@
+"""Gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, Appendix A).
+
+From the squared norms of two gradient estimates of the same step, one over b_small samples and
+one over b_big samples, the unbiased estimates of the true gradient's squared norm |G|² and of
+the trace of the per-sample gradient covariance tr(Σ) are
+
+    |G|²  = (b_big |G_big|² - b_small |G_small|²) / (b_big - b_small)
+    tr(Σ) = (|G_small|² - |G_big|²) / (1 / b_small - 1 / b_big)
+
+(E|G_b|² = |G|² + tr(Σ) / b for each). Each is smoothed by an exponential moving average over
+steps before the ratio is taken, since the ratio of two noisy estimates is biased.
+
+    batchscale train ... --track-noise-scale        # adds noise_* fields to metrics.jsonl
+
+In the single-process run the big gradient is the step's own (already computed) gradient and the
+small one comes from one batch-norm group (cfg.group_size samples; a quarter of the batch when
+batch norm is over the whole batch), cycling through the groups step by step, recomputed by an
+extra forward and backward pass over that group alone: about b_small / b_big of a step's cost.
+Batch-norm running statistics are restored afterwards and no random numbers are drawn, so the
+training trajectory is the same as without tracking. Under torchrun the small gradient is each
+worker's local gradient before the all-reduce: `local_norm_hook` reads it, with no extra pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from batchscale.errors import UserError
+
+
+def unbiased_estimates(small_sq, small_batch: int, big_sq, big_batch: int):
+    """(|G|², tr(Σ)) from the squared gradient norms at two batch sizes (App. A, eqs. A.2)."""
+    if not 0 < small_batch < big_batch:
+        raise ValueError(f"need 0 < small batch {small_batch} < big batch {big_batch}")
+    grad_sq = (big_batch * big_sq - small_batch * small_sq) / (big_batch - small_batch)
+    trace_sigma = (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
+    return grad_sq, trace_sigma
+
+
+def squared_norm(tensors) -> torch.Tensor:
+    """Σ |t|² over a list of tensors (None entries skipped), in float64."""
+    return sum((t.detach().double().square().sum() for t in tensors if t is not None),
+               torch.zeros((), dtype=torch.float64))
+
+
+def small_batch_size(group_size: int, batch_size: int) -> int:
+    """The small batch: one batch-norm group, or a quarter of the batch when there is none."""
+    return group_size if group_size < batch_size else max(1, batch_size // 4)
+
+
+class NoiseScaleTracker:
+    """EMA-smoothed |G|² and tr(Σ); its state is a dict of tensors updated in place, so that
+    the dict kept in the training position (and its checkpoint) is always current."""
+
+    def __init__(self, small_batch: int, big_batch: int, decay: float, state: dict | None = None):
+        self.small_batch, self.big_batch, self.decay = small_batch, big_batch, decay
+        self.state = state if state is not None else self.fresh_state()
+
+    @staticmethod
+    def fresh_state() -> dict:
+        zero = torch.zeros((), dtype=torch.float64)
+        return {"grad_sq": zero.clone(), "trace_sigma": zero.clone(), "weight": zero.clone(),
+                "count": 0}
+
+    def to(self, device) -> NoiseScaleTracker:
+        for key in ("grad_sq", "trace_sigma", "weight"):
+            self.state[key] = self.state[key].to(device)
+        return self
+
+    def observe(self, small_sq, big_sq) -> None:
+        """One step's squared norms (tensors; no host synchronization)."""
+        grad_sq, trace_sigma = unbiased_estimates(small_sq, self.small_batch, big_sq,
+                                                  self.big_batch)
+        keep = self.decay
+        for key, value in (("grad_sq", grad_sq), ("trace_sigma", trace_sigma)):
+            self.state[key].mul_(keep).add_((1 - keep) * value)
+        self.state["weight"].mul_(keep).add_(1 - keep)  # bias correction, as in Adam
+        self.state["count"] += 1
+
+    def values(self) -> dict:
+        """The smoothed estimates and their ratio (None before the first step)."""
+        weight = self.state["weight"].item()
+        if weight == 0:
+            return {"noise_grad_sq": None, "noise_trace_sigma": None, "noise_b_simple": None}
+        grad_sq = self.state["grad_sq"].item() / weight
+        trace_sigma = self.state["trace_sigma"].item() / weight
+        ratio = trace_sigma / grad_sq if grad_sq > 0 else None
+        return {"noise_grad_sq": grad_sq, "noise_trace_sigma": trace_sigma,
+                "noise_b_simple": ratio}
+
+    def row(self) -> dict:
+        """The fields a metrics.jsonl row carries."""
+        return {**self.values(), "noise_small_batch": self.small_batch,
+                "noise_big_batch": self.big_batch}
+
+
+# ---------------------------------------------------------------------- the training hook
+def attach(setup, position) -> NoiseScaleTracker | None:
+    """The tracker of a run (None unless cfg.track_noise_scale), its state kept in `position`
+    so that checkpoints carry it. The moving averages span about one epoch of steps."""
+    cfg = setup.cfg
+    if not cfg.track_noise_scale:
+        return None
+    if setup.world_size > 1:
+        raise UserError("track_noise_scale under torchrun is not wired in yet (see "
+                        "batchscale.analysis.noise.LocalNormHook); run it in one process")
+    small = small_batch_size(cfg.group_size, cfg.batch_size)
+    if small >= cfg.batch_size:
+        raise UserError(f"track_noise_scale needs batch_size > 1, got {cfg.batch_size}")
+    decay = 1.0 - 2.0 / (max(setup.plan.steps_per_epoch, 1) + 1)
+    if position.noise_state is None:
+        position.noise_state = NoiseScaleTracker.fresh_state()
+    return NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state).to(setup.device)
+
+
+@contextlib.contextmanager
+def batch_norm_buffers_kept(model: nn.Module):
+    """Restore every batch-norm buffer (running statistics, counters) on exit."""
+    saved = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False)})
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, buffers in saved:
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
+
+
+def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Tensor,
+                 labels: torch.Tensor, loss_of=None) -> None:
+    """After the step's backward (p.grad = the big-batch gradient) and before the optimizer
+    step: recompute one small group's gradient and feed both squared norms to the tracker.
+    `loss_of(images, labels)` is the training loss (default: mean cross-entropy)."""
+    loss_of = loss_of or (lambda x, y: F.cross_entropy(model(x).float(), y))
+    params = [p for p in model.parameters() if p.requires_grad]
+    big_sq = squared_norm([p.grad for p in params]).to(images.device)
+    small = tracker.small_batch
+    group = tracker.state["count"] % (len(labels) // small)
+    part = slice(group * small, (group + 1) * small)
+    with batch_norm_buffers_kept(model):
+        grads = torch.autograd.grad(loss_of(images[part], labels[part]), params,
+                                    allow_unused=True)
+    tracker.observe(squared_norm(grads).to(images.device), big_sq)
+
+
+# ---------------------------------------------------------------------- under torchrun
+class LocalNormHook:
+    """A DDP communication hook that adds each bucket's local (pre-all-reduce) squared norm to
+    `local_sq` before averaging as DDP does by default; register it with
+    `ddp_model.register_comm_hook(hook, LocalNormHook.__call__)` and read `take()` after the
+    backward. Then the per-worker gradient is the small batch, the reduced one the big batch."""
+
+    def __init__(self):
+        self.local_sq = None
+
+    def take(self) -> torch.Tensor:
+        value, self.local_sq = self.local_sq, None
+        return value
+
+    def __call__(self, bucket):
+        import torch.distributed as dist
+
+        buffer = bucket.buffer()
+        norm = buffer.detach().double().square().sum()
+        self.local_sq = norm if self.local_sq is None else self.local_sq + norm
+        buffer.div_(dist.get_world_size())
+        return dist.all_reduce(buffer, async_op=True).get_future().then(
+            lambda fut: fut.value()[0])
