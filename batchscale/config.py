@@ -41,21 +41,31 @@ class TrainConfig:
                       ("resnet18", "resnet18-imagenet"))
     width: int = _opt(64, "channels of the first stage (64 = standard ResNet-18)")
     # ---- optimizer ----
-    optimizer: str = _opt("sgd", "sgd | rmsprop", ("sgd", "rmsprop"))
+    optimizer: str = _opt("sgd", "sgd | rmsprop | lars (layer-wise trust ratio) | lamb "
+                                 "(Adam + layer-wise trust ratio)",
+                          ("sgd", "rmsprop", "lars", "lamb"))
     lr: float = _opt(0.025, "learning rate at --base-batch-size")
     base_batch_size: int = _opt(32, "batch size at which --lr is the rate")
-    momentum: float = _opt(0.9, "momentum (SGD and RMSProp)")
+    momentum: float = _opt(0.9, "momentum (SGD, RMSProp and LARS)")
     nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
     weight_decay: float = _opt(5e-4, "L2 weight decay, added to the gradient")
     rmsprop_alpha: float = _opt(0.99, "RMSProp smoothing constant of the squared gradient")
     rmsprop_eps: float = _opt(1e-8, "RMSProp epsilon")
+    trust_coefficient: float = _opt(0.001, "LARS: eta in the trust ratio "
+                                           "eta*|w| / (|grad| + wd*|w|)")
+    lamb_beta1: float = _opt(0.9, "LAMB: decay of the first moment (Adam beta1)")
+    lamb_beta2: float = _opt(0.999, "LAMB: decay of the second moment (Adam beta2)")
+    lamb_eps: float = _opt(1e-6, "LAMB: epsilon added to the root of the second moment")
+    exclude_bn_bias_wd: bool = _opt(False, "no weight decay on BN parameters and biases "
+                                           "(sgd, rmsprop; lars and lamb always exclude them)")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss (0 = none)")
     # ---- learning-rate plan ----
     batch_size: int = _opt(32, "global batch size B (all workers together)")
     scale_rule: str = _opt("linear", "peak lr = lr * rule(B / base_batch_size)",
                            ("none", "linear", "sqrt"))
     warmup_epochs: float = _opt(0.0, "ramp per step, linearly, from lr to the peak lr")
-    schedule: str = _opt("step", "step | cosine | constant (after warmup)",
-                         ("step", "cosine", "constant"))
+    schedule: str = _opt("step", "step | cosine | poly (power-2 polynomial to 0) | constant "
+                                 "(after warmup)", ("step", "cosine", "poly", "constant"))
     decay_every: float = _opt(50.0, "step schedule: epochs between decays, counted from the start")
     decay_factor: float = _opt(0.1, "step schedule: multiply the lr by this at each decay")
     epochs: int = _opt(200, "training epochs")
@@ -159,12 +169,17 @@ def validate(cfg: TrainConfig) -> None:
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
     non_negative = ("train_subset", "momentum", "weight_decay", "warmup_epochs", "bn_group",
-                    "threads", "rmsprop_eps")
+                    "threads", "rmsprop_eps", "lamb_eps")
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
     if not 0 < cfg.bn_momentum <= 1:
         raise UserError(f"bn_momentum must be in (0, 1], got {cfg.bn_momentum}")
+    if not cfg.trust_coefficient > 0:
+        raise UserError(f"trust_coefficient must be positive, got {cfg.trust_coefficient}")
+    for name in ("lamb_beta1", "lamb_beta2", "label_smoothing"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
     if not 0 < cfg.decay_factor <= 1:
         raise UserError(f"decay_factor must be in (0, 1], got {cfg.decay_factor}")
     if cfg.batch_size % cfg.group_size:

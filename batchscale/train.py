@@ -93,11 +93,12 @@ def forward_loss(setup: Setup, images: torch.Tensor, labels: torch.Tensor):
         if setup.cfg.bn_impl == "loop" and setup.cfg.group_size < len(labels):
             group = setup.cfg.group_size
             logits = [setup.model(chunk) for chunk in images.split(group)]
-            losses = [F.cross_entropy(out.float(), y)
+            losses = [F.cross_entropy(out.float(), y, label_smoothing=setup.cfg.label_smoothing)
                       for out, y in zip(logits, labels.split(group), strict=True)]
             return torch.stack(losses).mean(), torch.cat(logits)
         logits = setup.model(images)
-        return F.cross_entropy(logits.float(), labels), logits
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=setup.cfg.label_smoothing)
+        return loss, logits
 
 
 def train_step(setup: Setup, images, labels):
