@@ -222,6 +222,7 @@ def ordering_sentence(grouped: dict[str, list[Cell]]) -> str:
 
 def write_report(out: Path, target: float | None = None) -> Path:
     """Write report.md and the figures into `out`; return the report's path."""
+    from batchscale.analysis.report_section import scaling_section  # issue 5
     from batchscale.figures import write_figures
 
     out = Path(out)
@@ -240,6 +241,7 @@ def write_report(out: Path, target: float | None = None) -> Path:
     sentence = ordering_sentence(grouped)
     if sentence:
         lines += ["## The study's ordering at the largest batch", "", sentence, ""]
+    lines += scaling_section(out, grouped)  # issue 5: "Why couldn't we scale further?"
     lines += ["## Every run", ""] + runs_table(results) + ["## Figures", ""]
     lines += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figures]
     path = out / "report.md"

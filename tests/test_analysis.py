@@ -15,7 +15,7 @@ from batchscale.models import build_model
 from batchscale.rundir import read_metrics
 from batchscale.train import train
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +181,28 @@ def test_analyze_refuses_a_run_without_checkpoint(trained_run, tmp_path, capsys)
     (tmp_path / "config.yaml").write_text((trained_run / "config.yaml").read_text())
     assert main(["analyze", "hessian", str(tmp_path)]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- report section
+def test_report_section_reads_the_analysis_files(tmp_path):
+    import shutil
+
+    from batchscale.report import write_report
+
+    study = tmp_path / "study"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "study-small", study)
+    for batch, sharp, eigen in ((8, 0.2, 10.0), (32, 0.5, 30.0)):
+        for seed in (0, 1):
+            run = study / "trivial" / f"b{batch}" / f"seed{seed}"
+            (run / "landscape.json").write_text(json.dumps(
+                {"alpha": [-0.5, 0.0, 0.5], "train_loss": [1.0, 0.5, 1.0],
+                 "sharpness": sharp + 0.01 * seed}))
+            (run / "hessian.json").write_text(json.dumps({"eigenvalue": eigen + seed}))
+    text = write_report(study).read_text()
+    section = text[text.index("## Why couldn't we scale further?"):text.index("## Every run")]
+    assert "| trivial | 8 | 0.63 | 0.205 | 10.5 | — | — |" in section
+    assert "| trivial | 32 | 0.55 | 0.505 | 30.5 | — | — |" in section
+    assert "sharpness rises with B (8: 0.205, 32: 0.505); λ_max rises with B" in section
+    assert "first falls more than 0.01 below the smallest batch's at B = 32" in section
+    assert "per-worker-bn/b32/seed1` (B = 32) diverged at step 57" in section
+    assert (study / "scaling_landscape.png").read_bytes().startswith(b"\x89PNG")

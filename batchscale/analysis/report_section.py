@@ -1,0 +1,203 @@
+"""The report section "Why couldn't we scale further?", from files in the run directories:
+RUN_DIR/landscape.json and RUN_DIR/hessian.json (`batchscale analyze ...`) and the noise_*
+fields of metrics.jsonl (`--track-noise-scale`). `batchscale.report.write_report` calls
+`scaling_section`; it returns no lines when none of these was measured and no run diverged.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+DROP = 0.01  # "accuracy starts to drop": mean final test accuracy this far below the smallest B's
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def measurements(out: Path, cell) -> dict:
+    """Seed means of a cell's landscape sharpness, top eigenvalue and noise scale."""
+    landscapes = [_read(out / r.directory / "landscape.json") for r in cell.completed]
+    hessians = [_read(out / r.directory / "hessian.json") for r in cell.completed]
+    noise = [[m.get("noise_b_simple") for m in r.metrics] for r in cell.completed]
+    noise = [[v for v in series if v is not None] for series in noise]
+    return {
+        "test_acc": _mean(cell.values("test_acc")),
+        "sharpness": _mean([x["sharpness"] for x in landscapes if x]),
+        "eigenvalue": _mean([x["eigenvalue"] for x in hessians if x]),
+        "b_simple_final": _mean([s[-1] for s in noise if s]),
+        "b_simple_median": _mean([statistics.median(s) for s in noise if s]),
+        "landscapes": [x for x in landscapes if x],
+        "noise": [s for s in noise if s],
+    }
+
+
+def drop_batch(cells: list, table: dict) -> int | None:
+    """The smallest batch size whose mean final test accuracy is DROP below the smallest B's."""
+    accs = [(c.batch_size, table[c.batch_size]["test_acc"]) for c in cells
+            if table[c.batch_size]["test_acc"] is not None]
+    if len(accs) < 2:
+        return None
+    reference = accs[0][1]
+    return next((b for b, acc in accs[1:] if acc < reference - DROP), None)
+
+
+def _trend(pairs: list[tuple[int, float]]) -> str:
+    values = [v for _, v in pairs]
+    if len(values) < 2:
+        return "one batch size only"
+    if all(a < b for a, b in zip(values[:-1], values[1:], strict=True)):
+        return "rises with B"
+    if all(a > b for a, b in zip(values[:-1], values[1:], strict=True)):
+        return "falls with B"
+    return "is not monotone in B"
+
+
+def divergences(out: Path, grouped) -> list[str]:
+    lines = []
+    runs = {r.directory: r for cells in grouped.values() for c in cells for r in c.runs}
+    sibling = out.parent / "diverge4096"
+    if sibling.is_dir() and sibling.resolve() != out.resolve():
+        from batchscale.report import collect
+
+        try:
+            runs.update({f"../diverge4096/{r.directory}": r for r in collect(sibling)[1]})
+        except Exception:  # an unreadable sibling study is not this report's failure
+            pass
+    for name, r in runs.items():
+        if r.status == "diverged":
+            step = r.summary.get("diverged_at_step")
+            per_epoch = r.summary.get("steps_per_epoch") or 0
+            epoch = f", epoch {step // per_epoch + 1}" if step is not None and per_epoch else ""
+            lr = r.summary.get("peak_lr")
+            lr_text = f", peak lr {lr:.4g}" if lr is not None else ""
+            lines.append(f"- `{name}` (B = {r.batch_size}{lr_text}) diverged at step "
+                         f"{step}{epoch}.")
+    return lines
+
+
+# ---------------------------------------------------------------------- figures
+def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    recipes = list(grouped)
+    for name, key in (("scaling_landscape.png", "landscapes"), ("noise_scale.png", "noise")):
+        if not any(tables[r][c.batch_size][key] for r in recipes for c in grouped[r]):
+            continue
+        fig, axes = plt.subplots(1, len(recipes), figsize=(4.2 * len(recipes), 3.6),
+                                 squeeze=False)
+        for ax, recipe in zip(axes[0], recipes, strict=True):
+            for cell in grouped[recipe]:
+                found = tables[recipe][cell.batch_size][key]
+                if key == "landscapes" and found:
+                    alphas = found[0]["alpha"]
+                    same = [x["train_loss"] for x in found if x["alpha"] == alphas]
+                    ax.plot(alphas, [statistics.fmean(v) for v in zip(*same, strict=True)],
+                            label=f"B = {cell.batch_size}")
+                elif key == "noise" and found:
+                    length = min(len(s) for s in found)
+                    ax.plot(range(1, length + 1),
+                            [statistics.fmean(s[i] for s in found) for i in range(length)],
+                            label=f"B = {cell.batch_size}")
+            if key == "noise":
+                ax.set_yscale("log")
+                ax.set_xlabel("epoch")
+                if drops.get(recipe):
+                    ax.axhline(drops[recipe], ls="--", color="gray",
+                               label=f"accuracy drops at B = {drops[recipe]}")
+            else:
+                ax.set_xlabel("α (filter-normalized direction)")
+            ax.set_title(recipe)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("training loss" if key == "landscapes" else "B_simple")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.append((name, "Training loss along one filter-normalized random direction, "
+                        "mean over seeds (Li et al. 2018; the study's Fig. 1b)"
+                        if key == "landscapes" else "Gradient noise scale B_simple per epoch "
+                        "(McCandlish et al. 2018), mean over seeds; dashed: the batch size "
+                        "where mean test accuracy first falls more than "
+                        f"{DROP:g} below the smallest batch's"))
+    return figures
+
+
+# ---------------------------------------------------------------------- the section
+def scaling_section(out: Path, grouped) -> list[str]:
+    """Markdown lines of the section (and its figures written into `out`), or []."""
+    out = Path(out)
+    tables = {recipe: {c.batch_size: measurements(out, c) for c in cells}
+              for recipe, cells in grouped.items()}
+    measured = any(m["sharpness"] is not None or m["eigenvalue"] is not None
+                   or m["b_simple_final"] is not None
+                   for t in tables.values() for m in t.values())
+    diverged = divergences(out, grouped)
+    if not measured and not diverged:
+        return []
+    drops = {recipe: drop_batch(cells, tables[recipe]) for recipe, cells in grouped.items()}
+    lines = ["## Why couldn't we scale further?", "",
+             "Sharpness: training-loss rise at |α| = 0.5 along a filter-normalized random "
+             "direction (`batchscale analyze landscape`). λ_max: top eigenvalue of the "
+             "training-loss Hessian (`batchscale analyze hessian`). B_simple = tr(Σ)/|G|², the "
+             "gradient noise scale (`--track-noise-scale`), at the last epoch and its median "
+             "over training. Means over completed seeds; — where not measured.", "",
+             "| recipe | B | test acc | sharpness | λ_max | B_simple (last) | "
+             "B_simple (median) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for recipe, cells in grouped.items():
+        for c in cells:
+            m = tables[recipe][c.batch_size]
+            lines.append(f"| {recipe} | {c.batch_size} | {_fmt(m['test_acc'])} | "
+                         f"{_fmt(m['sharpness'])} | {_fmt(m['eigenvalue'])} | "
+                         f"{_fmt(m['b_simple_final'], 3)} | {_fmt(m['b_simple_median'], 3)} |")
+    lines += [""] + reading(grouped, tables, drops)
+    if diverged:
+        lines += ["", "Diverged runs:", ""] + diverged
+    lines += [""] + [f"![{name}]({name})\n\n*{caption}*\n"
+                     for name, caption in _plot(out, grouped, tables, drops)]
+    return lines
+
+
+def reading(grouped, tables: dict, drops: dict) -> list[str]:
+    """One factual sentence per recipe, from the numbers above."""
+    lines = []
+    for recipe, cells in grouped.items():
+        t = tables[recipe]
+        parts = []
+        for key, label in (("sharpness", "sharpness"), ("eigenvalue", "λ_max")):
+            pairs = [(c.batch_size, t[c.batch_size][key]) for c in cells
+                     if t[c.batch_size][key] is not None]
+            if pairs:
+                parts.append(f"{label} {_trend(pairs)} ("
+                             + ", ".join(f"{b}: {v:.3g}" for b, v in pairs) + ")")
+        finals = [t[c.batch_size]["b_simple_final"] for c in cells
+                  if t[c.batch_size]["b_simple_final"] is not None]
+        drop = drops[recipe]
+        drop_text = (f"mean test accuracy first falls more than {DROP:g} below the smallest "
+                     f"batch's at B = {drop}" if drop else "mean test accuracy never falls "
+                     f"more than {DROP:g} below the smallest batch's")
+        if finals:
+            parts.append(f"B_simple at the last epoch spans {min(finals):.3g}–"
+                         f"{max(finals):.3g}, while {drop_text}")
+        else:
+            parts.append(drop_text)
+        lines.append(f"- **{recipe}**: " + "; ".join(parts) + ".")
+    return lines
