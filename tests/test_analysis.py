@@ -128,6 +128,15 @@ def test_training_with_the_noise_scale_tracked_keeps_the_trajectory(trained_run,
     assert "noise_b_simple" not in plain[0]
 
 
+def test_noise_scale_state_resumes_exactly(trained_run, tmp_path):
+    cfg = tiny_config(epochs=1, threads=1, bn_group=16, track_noise_scale=True)
+    assert train(cfg, tmp_path / "r", quiet=True, stop_at_step=2)["status"] == "interrupted"
+    train(cfg, tmp_path / "r", quiet=True, resume=True)
+    resumed, whole = read_metrics(tmp_path / "r")[0], read_metrics(trained_run)[0]
+    for key in ("noise_grad_sq", "noise_trace_sigma", "noise_b_simple", "train_loss"):
+        assert resumed[key] == whole[key], key
+
+
 # ---------------------------------------------------------------------- landscape
 def test_landscape_at_zero_is_the_models_own_evaluated_loss(trained_run):
     run = landscape.load_run(trained_run, "cpu")
