@@ -17,9 +17,7 @@ $(BIN)/batchscale: pyproject.toml
 setup: $(BIN)/batchscale
 
 demo: setup
-	$(BIN)/batchscale train --dataset sample --width 16 --epochs 4 --batch-size 128 \
-		--lr 0.1 --base-batch-size 128 --warmup-epochs 1 --schedule cosine \
-		--out runs/demo --overwrite
+	$(BIN)/batchscale study demo --jobs 2 --out runs/demo
 
 lint: setup
 	$(BIN)/ruff check batchscale tests scripts benchmarks

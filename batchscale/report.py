@@ -220,6 +220,27 @@ def ordering_sentence(grouped: dict[str, list[Cell]]) -> str:
     return text
 
 
+SETTING_FIELDS = ("dataset", "train_subset", "model", "width", "optimizer", "lr",
+                  "base_batch_size", "momentum", "weight_decay", "schedule", "decay_every",
+                  "decay_factor", "epochs", "bn_impl")
+
+
+def settings_lines(results: list[RunResult]) -> list[str]:
+    """The config fields every run shares, and how the per-run schedule came out."""
+    shared = [f"{k}={results[0].config.get(k)}" for k in SETTING_FIELDS
+              if k in results[0].config and len({str(r.config.get(k)) for r in results}) == 1]
+    lines = ["## Settings", "", "Shared by every run: " + ", ".join(shared) + ".", ""]
+    seen = {}
+    for r in results:
+        s = r.summary
+        if s.get("steps_per_epoch") and (r.recipe, r.batch_size) not in seen:
+            seen[(r.recipe, r.batch_size)] = (
+                f"{r.recipe} B={r.batch_size}: {s['train_images']} training images, "
+                f"{s['steps_per_epoch']} steps/epoch, peak lr {s['peak_lr']:.4g}, "
+                f"{s['warmup_steps']} warmup steps, BN group {r.config.get('bn_group') or 'B'}")
+    return lines + [f"- {line}" for line in seen.values()] + [""]
+
+
 def write_report(out: Path, target: float | None = None) -> Path:
     """Write report.md and the figures into `out`; return the report's path."""
     from batchscale.analysis.report_section import scaling_section  # issue 5
@@ -238,9 +259,12 @@ def write_report(out: Path, target: float | None = None) -> Path:
              "number, Δ = ours − study.", ""]
     for recipe, row_cells in grouped.items():
         lines += recipe_table(plan, recipe, row_cells)
+    lines += settings_lines(results)
     sentence = ordering_sentence(grouped)
     if sentence:
         lines += ["## The study's ordering at the largest batch", "", sentence, ""]
+    if plan.get("notes"):
+        lines += ["## Notes from the preset", "", plan["notes"].strip(), ""]
     lines += scaling_section(out, grouped)  # issue 5: "Why couldn't we scale further?"
     lines += ["## Every run", ""] + runs_table(results) + ["## Figures", ""]
     lines += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figures]

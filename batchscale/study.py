@@ -29,7 +29,7 @@ from batchscale.errors import UserError
 PRESET_DIR = Path(__file__).parent / "presets"
 PLAN_FILE = "study.yaml"  # the expanded plan, written at the top of a sweep's directory
 PRESET_KEYS = {"description", "extends", "config", "recipes", "use_recipes", "batch_sizes",
-               "seeds", "published_batch_factor"}
+               "seeds", "published_batch_factor", "notes"}
 KNOWN_TRAIN_IMAGES = {"sample": 5000, "cifar10": 50000}
 
 
@@ -218,6 +218,7 @@ def plan_document(preset: dict, runs: list[Run]) -> dict:
         "preset": preset["name"],
         "description": preset.get("description", ""),
         "published_batch_factor": preset.get("published_batch_factor", 1),
+        "notes": preset.get("notes", ""),
         "recipes": {name: {"published": preset["recipes"][name].get("published")}
                     for name in preset["use_recipes"]},
         "runs": [{"recipe": r.recipe, "batch_size": r.batch_size, "seed": r.seed,

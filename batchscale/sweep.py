@@ -80,8 +80,11 @@ def outcome(active: Active, out: Path) -> tuple[str, str]:
     summary_path = directory / rundir.SUMMARY
     summary = rundir.read_json(summary_path) if summary_path.exists() else {}
     status = summary.get("status", "failed")
-    if active.process.returncode and status in rundir.FINAL_STATUSES:
+    code = active.process.returncode
+    if code and status in rundir.FINAL_STATUSES:
         status = "failed"
+    if code is not None and code < 0 and status == "failed":  # killed by a signal
+        status = "interrupted"
     text = f"{active.run.directory}: {status}"
     if status == "completed":
         text += (f", test {summary['final_test_acc']:.4f} train {summary['final_train_acc']:.4f}"
@@ -206,8 +209,7 @@ def study_command(args) -> int:
     counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs))
     print("runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
     if counts["interrupted"]:
-        print(f"interrupted; rerun `batchscale study {args.preset} --out {out}` to resume",
-              file=sys.stderr)
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     if not args.no_report:
         from batchscale.report import write_report
