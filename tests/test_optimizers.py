@@ -226,3 +226,21 @@ def test_lamb_run_resumes_exactly(tmp_path):
     resumed = train(cfg, tmp_path / "b", resume=True, quiet=True)
     assert resumed["final_test_acc"] == reference["final_test_acc"]
     assert resumed["final_train_acc"] == reference["final_train_acc"]
+
+
+# ---------------------------------------------------------------------- presets
+def test_beyond_presets_settings():
+    from batchscale.study import expand, load_preset, settings
+
+    mini = {(r.recipe, r.batch_size): settings(r) for r in expand(load_preset("beyond-mini"))}
+    sizes = sorted({b for _, b in mini})
+    mini_sizes = load_preset("mini")["batch_sizes"]
+    assert sizes[-1] / sizes[0] == 2 * mini_sizes[-1] / mini_sizes[0] == 32
+    assert mini["per-worker-bn", 128]["B_fraction"] <= 0.04
+    assert mini["per-worker-bn", 128]["total_steps"] >= 1000
+    assert mini["lars", 128]["peak_lr"] == pytest.approx(3.0, rel=1e-4)
+    assert mini["lamb", 128]["peak_lr"] == pytest.approx(0.01, rel=1e-4)
+    full = {(r.recipe, r.batch_size): r.cfg for r in expand(load_preset("beyond"))}
+    assert full["per-worker-bn", 4096].peak_lr == pytest.approx(3.2)  # the study's divergence
+    assert {cfg.optimizer for cfg in full.values()} == {"sgd", "lars", "lamb"}
+    assert {cfg.group_size for cfg in full.values()} == {32}
