@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from batchscale.config import FIELDS, TrainConfig, from_dict, load_yaml, parse_v
 from batchscale.errors import UserError
 
 # Fields that may change when a run is resumed; every other field must stay as it was.
-RESUMABLE_FIELDS = ("epochs", "device", "threads", "log_every", "eval_batch_size")
+RESUMABLE_FIELDS = ("epochs", "device", "threads", "log_every", "eval_batch_size",
+                    "dist_timeout")
 
 
 class Parser(argparse.ArgumentParser):
@@ -85,16 +87,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from batchscale.distributed import LAUNCHER_ENV
     from batchscale.train import train
 
     cfg = train_config(args)
     summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
                     quiet=args.quiet)
+    # under `--workers` the launcher speaks for the workers; under torchrun, rank 0 does
+    speaks = "rank" not in summary and not os.environ.get(LAUNCHER_ENV)
     if summary["status"] == "interrupted":
-        print(f"interrupted; resume with: batchscale train --out {args.out} --resume",
-              file=sys.stderr)
+        if speaks:
+            print(f"interrupted; resume with: batchscale train --out {args.out} --resume",
+                  file=sys.stderr)
         return 128 + int(summary["signal"])
-    if not args.quiet:
+    if not args.quiet and speaks:
         acc = summary["final_test_acc"]
         shown = "n/a" if acc is None else f"{acc:.4f}"
         print(f"{summary['status']}: final test accuracy {shown} "

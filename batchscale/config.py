@@ -75,6 +75,14 @@ class TrainConfig:
     bn_impl: str = _opt("ghost", "ghost (one vectorized pass) | loop (the study's Algorithm 1)",
                         ("ghost", "loop"))
     bn_momentum: float = _opt(0.1, "running-statistics momentum of batch norm")
+    # ---- workers (real data parallelism, torchrun; see distributed.py) ----
+    workers: int = _opt(0, "worker processes started through torchrun on this machine, each "
+                           "taking batch_size / workers (0 = no launcher: one process, or as "
+                           "many as an outer torchrun started)")
+    sync_bn: bool = _opt(False, "with several workers, batch norm over the global batch instead "
+                                "of each worker's own share (needs bn_group 0)")
+    dist_timeout: float = _opt(600.0, "seconds a worker waits for its peers (to join, or in a "
+                                      "collective) before the run ends with an error")
     # ---- run ----
     seed: int = _opt(0, "seeds the weights, the data order and the augmentation")
     device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
@@ -189,3 +197,11 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("nesterov needs optimizer sgd with momentum > 0")
     if cfg.warmup_epochs > cfg.epochs:
         raise UserError(f"warmup_epochs {cfg.warmup_epochs} exceeds epochs {cfg.epochs}")
+    if cfg.workers < 0:
+        raise UserError(f"workers must not be negative, got {cfg.workers}")
+    if not cfg.dist_timeout > 0:
+        raise UserError(f"dist_timeout must be positive, got {cfg.dist_timeout}")
+    if cfg.workers and cfg.batch_size % cfg.workers:
+        raise UserError(f"batch_size {cfg.batch_size} is not a multiple of workers {cfg.workers}")
+    if cfg.sync_bn and cfg.group_size != cfg.batch_size:
+        raise UserError("sync_bn normalizes over the whole global batch; it needs bn_group 0")

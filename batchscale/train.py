@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from batchscale import checkpoint, rundir
+from batchscale import checkpoint, distributed, rundir
 from batchscale.analysis import noise as noise_scale
 from batchscale.config import TrainConfig, dump_yaml
 from batchscale.data import EpochLoader, Split, balanced_subset, eval_batches, load_dataset
@@ -54,6 +54,7 @@ class Setup:
     channels_last: bool
     world_size: int = 1
     rank: int = 0
+    train_model: torch.nn.Module | None = None  # issue 4: the DDP wrapper with several workers
     noise: noise_scale.NoiseScaleTracker | None = None  # issue 5: with cfg.track_noise_scale
 
 
@@ -92,13 +93,18 @@ def forward_loss(setup: Setup, images: torch.Tensor, labels: torch.Tensor):
     with autocast(setup):
         if setup.cfg.bn_impl == "loop" and setup.cfg.group_size < len(labels):
             group = setup.cfg.group_size
-            logits = [setup.model(chunk) for chunk in images.split(group)]
+            logits = [training_module(setup)(chunk) for chunk in images.split(group)]
             losses = [F.cross_entropy(out.float(), y, label_smoothing=setup.cfg.label_smoothing)
                       for out, y in zip(logits, labels.split(group), strict=True)]
             return torch.stack(losses).mean(), torch.cat(logits)
-        logits = setup.model(images)
+        logits = training_module(setup)(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=setup.cfg.label_smoothing)
         return loss, logits
+
+
+def training_module(setup: Setup) -> torch.nn.Module:
+    """The model, or with several workers its DDP wrapper (which averages the gradients)."""
+    return setup.model if setup.train_model is None else setup.train_model
 
 
 def train_step(setup: Setup, images, labels):
@@ -199,21 +205,35 @@ class Position:
 def run_state(setup: Setup, position: Position) -> dict:
     return {"model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
             "position": vars(position), "rng": checkpoint.rng_state(),
-            "config": setup.cfg.to_dict()}
+            "config": setup.cfg.to_dict(), "world_size": setup.world_size}
 
 
 def restore(setup: Setup, run_dir: Path) -> Position:
-    path = run_dir / checkpoint.NAME
-    if not path.exists():
-        rundir.truncate_metrics(run_dir, 0)
+    """Load the checkpoint; with several workers rank 0 reads it and sends it to the others."""
+    state = distributed.from_rank0(lambda: read_checkpoint(setup, run_dir))
+    if state is None:
         return Position()
-    state = checkpoint.load(path)
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
     checkpoint.set_rng_state(state["rng"])
     position = Position(**state["position"])
-    rundir.truncate_metrics(run_dir, position.epoch)
+    if setup.rank != 0:
+        position.meter_state = None  # the saved partial sums are all workers' already
     return position
+
+
+def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
+    """The checkpoint in `run_dir` (None if there is none); metrics rows after it are dropped."""
+    path = run_dir / checkpoint.NAME
+    if not path.exists():
+        rundir.truncate_metrics(run_dir, 0)
+        return None
+    state = checkpoint.load(path)
+    if state.get("world_size", 1) != setup.world_size:
+        raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} workers; resume "
+                        f"it with as many (not {setup.world_size}): batch norm depends on it")
+    rundir.truncate_metrics(run_dir, state["position"]["epoch"])
+    return state
 
 
 def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
@@ -242,25 +262,56 @@ def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, stop_at_step: int | None = None) -> dict:
     """Train (or resume) the run in `out`; return its summary. `stop_at_step` is for tests:
-    it behaves as a SIGTERM arriving after that global step."""
+    it behaves as a SIGTERM arriving after that global step. With `cfg.workers` this starts
+    torchrun; under torchrun every worker runs this, and only rank 0 touches `out`."""
     run_dir = Path(out)
-    rundir.check(run_dir, resume, overwrite)
-    setup = build(cfg, progress=not quiet)  # user errors in the data surface before any write
-    if not resume:
+    if cfg.workers and not distributed.launched():
+        return distributed.launch(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
+    with distributed.process_group(cfg) as world:
+        return run(cfg, run_dir, world, resume=resume, overwrite=overwrite, quiet=quiet,
+                   stop_at_step=stop_at_step)
+
+
+def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bool,
+        overwrite: bool, quiet: bool, stop_at_step: int | None) -> dict:
+    """The run of one process; `world` says which worker it is."""
+    main = world.rank == 0
+
+    def check_run_dir() -> bool:  # after a torchrun restart, go on from the checkpoint
+        if distributed.restarted_run(world, run_dir):
+            return True
+        rundir.check(run_dir, resume, overwrite)
+        return resume
+
+    resume = distributed.from_rank0(check_run_dir)
+    # user errors in the data surface before any write
+    setup = distributed.local_rank0_first(
+        lambda: build(cfg, not quiet and main, world.size, world.rank))
+
+    def create_run_dir() -> None:
         rundir.create(run_dir, overwrite)
         dump_yaml(cfg, run_dir / rundir.CONFIG)
+
+    if not resume:
+        distributed.from_rank0(create_run_dir)
     position = restore(setup, run_dir) if resume else Position()
+    setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
     setup.noise = noise_scale.attach(setup, position)
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
     except Exception as err:
-        summary = summarize(setup, "failed", position, rundir.read_metrics(run_dir),
-                            error=f"{type(err).__name__}: {err}")
-        rundir.write_json(run_dir / rundir.SUMMARY, summary)
+        if main:
+            summary = summarize(setup, "failed", position, rundir.read_metrics(run_dir),
+                                error=f"{type(err).__name__}: {err}")
+            rundir.write_json(run_dir / rundir.SUMMARY, summary)
         raise
-    summary = summarize(setup, status, position, rundir.read_metrics(run_dir), bad_step)
-    rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    summary = {"status": status, "rank": world.rank}  # the other workers write nothing
+    if main:
+        summary = summarize(setup, status, position, rundir.read_metrics(run_dir), bad_step)
+        if world.size > 1:
+            summary["environment"]["torchrun_restarts"] = world.restarts
+        rundir.write_json(run_dir / rundir.SUMMARY, summary)
     if status == "interrupted":
         summary["signal"] = stop.signum or signal.SIGTERM
     return summary
@@ -276,7 +327,8 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
         if outcome is not None:
             position.wall_s += time.perf_counter() - started
         if outcome == "interrupted":
-            checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
+            if setup.rank == 0:
+                checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
             return "interrupted", None
         if outcome is not None:
             return "diverged", outcome
@@ -295,7 +347,7 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
     position.meter_state = None
     bar = tqdm(total=len(loader), initial=position.step, leave=False, dynamic_ncols=True,
                desc=f"epoch {position.epoch + 1}/{cfg.epochs}",
-               disable=quiet or not sys.stderr.isatty())
+               disable=quiet or setup.rank != 0 or not sys.stderr.isatty())
     tick, first_step = time.perf_counter(), position.step
     for step in range(position.step, len(loader)):
         global_step = position.epoch * len(loader) + step
@@ -304,17 +356,25 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
         loss, logits = train_step(setup, prepare_input(setup, images), labels)
         meter.add(loss, logits, labels, global_step)
         position.step = step + 1
+        stopping = bool(stop.signum) or (stop_at_step is not None
+                                         and global_step + 1 >= stop_at_step)
         if position.step % cfg.log_every == 0 or position.step == len(loader):
             bar.update(position.step - bar.n)
-            if meter.first_bad_step.item() >= 0:
+            # every worker gets the same answer, so all stop together (no one waits forever)
+            bad_step, stopping = distributed.agree(meter.first_bad_step, stopping)
+            if bad_step >= 0:
                 bar.close()
-                return meter.first_bad_step.item()
+                return bad_step
             bar.set_postfix(loss=f"{meter.loss_sum.item() / meter.count:.3f}")
-        if stop.signum or (stop_at_step is not None and global_step + 1 >= stop_at_step):
+        elif setup.world_size > 1:
+            stopping = False  # workers stop only where they agree: at the next update
+        if stopping:
             bar.close()
+            distributed.reduce_meter(meter)
             position.meter_state = meter.state()
             return "interrupted"
     bar.close()
+    distributed.reduce_meter(meter)  # all workers' sums: rank 0 reports the global numbers
     position.meter_state = meter.state()
     position.meter_state["images_per_sec"] = (
         (len(loader) - first_step) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9))
@@ -323,8 +383,11 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
 
 def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float,
                  quiet: bool) -> None:
-    """Evaluate, append the epoch's metrics row, and checkpoint."""
+    """Evaluate, append the epoch's metrics row, and checkpoint (rank 0 only)."""
     cfg, meter = setup.cfg, position.meter_state
+    if setup.rank != 0:
+        position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
+        return
     test_loss, test_acc = evaluate(setup, setup.test)
     position.wall_s += time.perf_counter() - started
     steps_per_epoch = setup.plan.steps_per_epoch

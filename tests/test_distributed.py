@@ -1,0 +1,284 @@
+"""Real workers (issue 4): two gloo processes take the same step as the ghost-BN simulation
+(float64), synchronized BN the same step as whole-batch BN, workers agree on divergence and on
+stopping, a killed worker is restarted by torchrun and the run ends with the same metrics, two
+"nodes" on 127.0.0.1 train together, and a peer that never arrives ends in one clear line.
+
+Every process uses 1 thread, a width-4 model and a 256-image set, so the file takes about a
+minute on two cores."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from batchscale import distributed, rundir
+from batchscale.data import EpochLoader, balanced_subset, load_dataset
+from batchscale.errors import UserError
+from batchscale.optim import set_lr
+from batchscale.train import build, train, train_step
+
+from conftest import ROOT, tiny_config
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without distributed")
+TIMING = ("images_per_sec", "wall_s")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    """256 training and 200 test images of the embedded sample, as an image-folder zip: every
+    worker process reads it in a few milliseconds."""
+    from PIL import Image
+
+    train_split, test_split, classes = load_dataset("sample")
+    path = tmp_path_factory.mktemp("data") / "tiny.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, split, size in (("train", train_split, 256), ("test", test_split, 200)):
+            part = balanced_subset(split, size, 0)
+            for i, (image, label) in enumerate(zip(part.images, part.labels, strict=True)):
+                buffer = io.BytesIO()
+                Image.fromarray(image.numpy()).save(buffer, format="PNG")
+                archive.writestr(f"{name}/{classes[int(label)]}/{i:04d}.png", buffer.getvalue())
+    return str(path)
+
+
+def config(data: str, **overrides):
+    return tiny_config(**{"dataset": data, "train_subset": 0, "threads": 1, **overrides})
+
+
+def cli_args(cfg, out: Path, *extra: str) -> list[str]:
+    return ["-m", "batchscale", "train", "--out", str(out), "--quiet",
+            *distributed.config_flags(cfg), *extra]
+
+
+# ---------------------------------------------------------------------- one step, in float64
+def one_step(cfg, world_size: int = 1, rank: int = 0) -> dict:
+    """Weights and buffers after one float64 step on global batch 0 of epoch 0."""
+    setup = build(cfg, progress=False, world_size=world_size, rank=rank)
+    setup.model.double()
+    setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
+    loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0, rank=rank,
+                         world_size=world_size)
+    images, labels = loader.batch(0)
+    set_lr(setup.optimizer, setup.plan.lr_at(0))
+    train_step(setup, images.double(), labels)
+    return {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
+
+
+CASES = {"local": dict(batch_size=64), "sync": dict(batch_size=64, sync_bn=True)}
+
+
+def _worker(rank: int, port: int, data: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    try:
+        results = {name: one_step(config(data, **over), 2, rank) for name, over in CASES.items()}
+        # rank 1 saw a non-finite loss at step 5, only rank 0 was asked to stop
+        bad = torch.tensor(5 if rank == 1 else -1)
+        results["agree"] = distributed.agree(bad, stopping=rank == 0)
+        results["agree_none"] = distributed.agree(torch.tensor(-1), stopping=False)
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def spawned(data, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("spawned")
+    context = mp.start_processes(_worker, args=(free_port(), data, str(out)), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError("the spawned workers did not finish in 120 s")
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def assert_close(actual: dict, expected: dict, names) -> None:
+    for name in names:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-6, atol=1e-12,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_two_workers_take_the_same_step_as_the_ghost_simulation(spawned, data):
+    simulated = one_step(config(data, batch_size=64, bn_group=32, bn_impl="ghost"))
+    weights = [n for n, _ in build(config(data), progress=False).model.named_parameters()]
+    for rank in range(2):
+        assert_close(spawned[rank]["local"], simulated, weights)
+    assert not torch.equal(simulated["fc.weight"], one_step(config(data))["fc.weight"])
+
+
+def test_running_statistics_stay_each_workers_own(spawned, data):
+    """Rank 0's running statistics are those of its own 32 samples (no buffer broadcast): the
+    same as one process at batch 32, whose batch 0 is rank 0's half of global batch 0."""
+    own = one_step(config(data, batch_size=32))
+    buffers = [n for n in own if n.endswith(("running_mean", "running_var"))]
+    assert_close(spawned[0]["local"], own, buffers)
+    assert not torch.allclose(spawned[1]["local"]["stem.1.running_mean"],
+                              own["stem.1.running_mean"])
+
+
+def test_sync_bn_takes_the_same_step_as_whole_batch_bn(spawned, data):
+    whole = one_step(config(data, batch_size=64))
+    for rank in range(2):
+        assert_close(spawned[rank]["sync"], whole, list(whole))
+
+
+def test_workers_agree_on_the_first_bad_step_and_on_stopping(spawned):
+    assert [r["agree"] for r in spawned] == [(5, True), (5, True)]
+    assert [r["agree_none"] for r in spawned] == [(-1, False), (-1, False)]
+
+
+# ---------------------------------------------------------------------- real torchrun launches
+def run_config(data: str, **overrides):
+    return config(data, **{"epochs": 3, "lr": 0.05, **overrides})
+
+
+@pytest.fixture(scope="module")
+def two_nodes(data, tmp_path_factory) -> Path:
+    """Two `torchrun --nnodes 2` launches meeting at a c10d rendezvous on 127.0.0.1."""
+    out = tmp_path_factory.mktemp("two-nodes") / "run"
+    port, args = free_port(), cli_args(run_config(data), out)
+    launches = [subprocess.Popen(
+        [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
+         *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for node in (0, 1)]
+    logs = [launch.communicate(timeout=180)[0] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], "\n".join(logs)
+    return out
+
+
+def test_two_nodes_train_together_and_report_global_metrics(two_nodes, data, tmp_path):
+    assert {p.name for p in two_nodes.iterdir()} == {"config.yaml", "metrics.jsonl",
+                                                    "summary.json", "checkpoint.pt"}
+    summary = rundir.read_json(two_nodes / "summary.json")
+    assert summary["status"] == "completed" and summary["environment"]["world_size"] == 2
+    # the summed metrics are both workers': the same numbers as Algorithm 1 in one process
+    # (a forward per group of 32, exactly what each worker does); float32, so only epoch 1
+    simulated = train(run_config(data, epochs=1, bn_group=32, bn_impl="loop"), tmp_path / "s",
+                      quiet=True)
+    assert simulated["status"] == "completed"
+    real, alone = rundir.read_metrics(two_nodes)[0], rundir.read_metrics(tmp_path / "s")[0]
+    assert real["train_acc"] == alone["train_acc"]
+    assert real["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5)
+
+
+def worker_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun (`parent`) started."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            rank = [v for v in environ if v.startswith(b"RANK=")]
+            if rank:
+                found[int(rank[0][5:])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_metrics(two_nodes, data,
+                                                                          tmp_path):
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+         *cli_args(run_config(data), out)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while len(rundir.read_metrics(out)) < 1:  # epoch 1 is checkpointed; epoch 2 is running
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()
+        time.sleep(0.02)
+    rank1 = worker_pids(launcher.pid).get(1)
+    if rank1 is None:
+        launcher.communicate(timeout=180)
+        pytest.skip("the run finished before the kill")
+    os.kill(rank1, signal.SIGKILL)
+    log = launcher.communicate(timeout=180)[0]
+    assert launcher.returncode == 0, log
+    summary = rundir.read_json(out / "summary.json")
+    assert summary["status"] == "completed"
+    assert summary["environment"]["torchrun_restarts"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert without_timing(rundir.read_metrics(out)) == without_timing(
+        rundir.read_metrics(two_nodes))
+
+
+def test_nonfinite_loss_on_the_workers_stops_them_all_as_diverged(data, tmp_path):
+    """Through the `--workers` launcher: both workers stop at the agreed step, exit 0."""
+    started = time.monotonic()
+    cfg = config(data, lr=1e6, log_every=1, epochs=2, workers=2)
+    result = subprocess.run([sys.executable, *cli_args(cfg, tmp_path / "run")], env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = rundir.read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "diverged" and 0 <= summary["diverged_at_step"] < 8
+    assert summary["environment"]["world_size"] == 2
+    assert time.monotonic() - started < 100
+
+
+def test_a_peer_that_never_arrives_ends_in_one_clear_line(data, tmp_path):
+    env = {**ENV, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, *cli_args(config(data, dist_timeout=2),
+                                                      tmp_path / "run")],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "did not all join" in result.stderr and time.monotonic() - started < 40
+    assert not (tmp_path / "run").exists()
+
+
+def test_worker_rules_are_checked_before_anything_starts(data, tmp_path):
+    with pytest.raises(UserError, match="not a multiple of workers"):
+        config(data, batch_size=64, workers=3)
+    with pytest.raises(UserError, match="exceeds the per-worker batch 32"):
+        train(config(data, batch_size=64, bn_group=64, workers=2), tmp_path / "a", quiet=True)
+    with pytest.raises(UserError, match="needs bn_group 0"):
+        config(data, batch_size=64, bn_group=32, sync_bn=True)
+    with pytest.raises(UserError, match="started 1 process"):
+        with distributed.process_group(config(data, workers=2)):
+            pass
+    assert not (tmp_path / "a").exists()
+
+
+def test_launcher_passes_every_field(data):
+    cfg = config(data, workers=2, sync_bn=True, nesterov=True)
+    from batchscale.cli import build_parser, train_config
+
+    args = build_parser().parse_args(cli_args(cfg, Path("x"))[2:])
+    assert train_config(args) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
