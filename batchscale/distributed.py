@@ -263,11 +263,13 @@ def reduce_meter(meter) -> None:
     """Turn one worker's sums of loss and correct predictions into the sums over all workers."""
     if not active():
         return
-    sums = torch.stack([meter.loss_sum, meter.correct.double()])
-    dist.all_reduce(sums)
-    meter.loss_sum.copy_(sums[0])
-    meter.correct.copy_(sums[1].round().long())
-    meter.count *= dist.get_world_size()
+    count = torch.tensor(float(meter.count), dtype=torch.float64, device=meter.loss_sum.device)
+    sums = torch.stack([meter.loss_sum, meter.correct.double(), count])
+    dist.all_reduce(sums)  # counts too: after a resume, rank 0 alone holds the earlier sums
+    loss_sum, correct, count = sums.tolist()
+    meter.loss_sum.fill_(loss_sum)
+    meter.correct.fill_(round(correct))
+    meter.count = round(count)
 
 
 # ---------------------------------------------------------------------- the --workers launcher

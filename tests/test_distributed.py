@@ -19,6 +19,7 @@ import time
 import zipfile
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -103,6 +104,12 @@ def _worker(rank: int, port: int, data: str, out: str) -> None:
         bad = torch.tensor(5 if rank == 1 else -1)
         results["agree"] = distributed.agree(bad, stopping=rank == 0)
         results["agree_none"] = distributed.agree(torch.tensor(-1), stopping=False)
+        # after a mid-epoch resume rank 0 holds the earlier global sums, rank 1 only its own
+        meter = SimpleNamespace(loss_sum=torch.tensor(6.0 if rank == 0 else 2.0,
+                                                      dtype=torch.float64),
+                                correct=torch.tensor(5 if rank == 0 else 1), count=96 - 64 * rank)
+        distributed.reduce_meter(meter)
+        results["meter"] = (meter.loss_sum.item(), meter.correct.item(), meter.count)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -155,6 +162,10 @@ def test_sync_bn_takes_the_same_step_as_whole_batch_bn(spawned, data):
 def test_workers_agree_on_the_first_bad_step_and_on_stopping(spawned):
     assert [r["agree"] for r in spawned] == [(5, True), (5, True)]
     assert [r["agree_none"] for r in spawned] == [(-1, False), (-1, False)]
+
+
+def test_metric_sums_and_counts_are_all_reduced(spawned):
+    assert [r["meter"] for r in spawned] == [(8.0, 6, 128), (8.0, 6, 128)]
 
 
 # ---------------------------------------------------------------------- real torchrun launches
