@@ -33,6 +33,12 @@ def atomic_write(path: Path, write) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files that a process killed mid-write (SIGKILL) left behind."""
+    for leftover in Path(directory).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def save(state: dict, path: Path) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 

@@ -225,6 +225,7 @@ def restore(setup: Setup, run_dir: Path) -> Position:
 def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
     """The checkpoint in `run_dir` (None if there is none); metrics rows after it are dropped."""
     path = run_dir / checkpoint.NAME
+    checkpoint.remove_stale_temporaries(run_dir)
     if not path.exists():
         rundir.truncate_metrics(run_dir, 0)
         return None
