@@ -16,7 +16,7 @@ from batchscale.train import forward_loss
 
 def _setup(impl, model):
     cfg = from_dict(dict(batch_size=16, bn_group=4, bn_impl=impl))
-    return SimpleNamespace(cfg=cfg, model=model)
+    return SimpleNamespace(cfg=cfg, model=model, train_model=None)
 
 
 def _pair():
