@@ -62,6 +62,9 @@ def build_parser() -> Parser:
     from batchscale.analysis import add_analyze_parser  # issue 5
 
     add_analyze_parser(commands)
+    from batchscale.bench import add_bench_parser  # issue 6
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -126,11 +129,17 @@ def run_analyze(args: argparse.Namespace) -> int:  # issue 5
     return analyze_command(args)
 
 
+def run_bench(args: argparse.Namespace) -> int:  # issue 6
+    from batchscale.bench import bench_command
+
+    return bench_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"train": run_train, "study": run_study, "report": run_report,
-                    "analyze": run_analyze}
+                    "analyze": run_analyze, "bench": run_bench}
         return commands[args.command](args)
     except UserError as err:
         print(f"batchscale: error: {err}", file=sys.stderr)

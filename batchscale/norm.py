@@ -13,6 +13,7 @@ With G = N, or in eval mode, this is exactly nn.BatchNorm2d.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,17 +31,34 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return self._ghost_forward(x, group)
 
     def _ghost_forward(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """One batch_norm call for all k groups: group i's channel c becomes channel i*C + c of a
+        (G, k*C, H, W) tensor (one copy in, one out, in x's memory layout). Its running buffers,
+        fresh with momentum 1, come back holding each group's mean and unbiased variance exactly
+        as k separate calls compute them; those feed the closed-form update."""
         n, c, h, w = x.shape
         k = n // group
-        xg = x.to(torch.promote_types(x.dtype, torch.float32)).view(k, group, c, h, w)
-        var, mean = torch.var_mean(xg, dim=(1, 3, 4), unbiased=False, keepdim=True)
-        y = (xg - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, 1, c, 1, 1) + self.bias.view(1, 1, c, 1, 1)
-        if self.track_running_stats:
-            count = group * h * w
-            self._update_running(mean.view(k, c), var.view(k, c) * count / max(count - 1, 1))
-        return y.reshape(n, c, h, w).to(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        xs = x.to(dtype)
+        if channels_last:  # memory (k, G, H, W, C) -> (G, H, W, k, C)
+            grouped = (xs.permute(0, 2, 3, 1).reshape(k, group, h, w, c).permute(1, 2, 3, 0, 4)
+                       .reshape(group, h, w, k * c).permute(0, 3, 1, 2))
+        else:  # memory (k, G, C, H, W) -> (G, k, C, H, W)
+            grouped = xs.reshape(k, group, c, h, w).transpose(0, 1).reshape(group, k * c, h, w)
+        track = self.track_running_stats
+        means = torch.zeros(k * c, dtype=dtype, device=x.device) if track else None
+        variances = torch.ones(k * c, dtype=dtype, device=x.device) if track else None
+        weight = self.weight.repeat(k) if self.affine else None
+        bias = self.bias.repeat(k) if self.affine else None
+        y = F.batch_norm(grouped, means, variances, weight, bias, True, 1.0, self.eps)
+        if channels_last:
+            y = (y.permute(0, 2, 3, 1).reshape(group, h, w, k, c).permute(3, 0, 1, 2, 4)
+                 .reshape(n, h, w, c).permute(0, 3, 1, 2))
+        else:
+            y = y.reshape(group, k, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        if track:
+            self._update_running(means.view(k, c), variances.view(k, c))
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def _update_running(self, means: torch.Tensor, unbiased_vars: torch.Tensor) -> None:

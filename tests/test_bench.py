@@ -1,0 +1,68 @@
+"""`batchscale bench`: the reference does the same work as the engine, and the command runs.
+
+No timing is asserted here: timings are benchmarks (printed ratios), not tests.
+"""
+
+import json
+
+import numpy as np
+import torch
+
+from batchscale.bench import Reference, augment_one, to_tensor
+from batchscale.cli import main
+from batchscale.data import Split, crop_flip, normalize
+from batchscale.train import build, forward_loss, prepare_input
+
+from conftest import tiny_config
+
+
+def test_per_image_augmentation_equals_the_batched_crop_flip():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8, generator=generator)
+    dy, dx = torch.randint(0, 9, (6,), generator=generator), torch.randint(0, 9, (6,),
+                                                                          generator=generator)
+    flip = torch.tensor([True, False, True, False, True, False])
+    batched = crop_flip(images, dy, dx, flip)
+    for b in range(6):
+        one = augment_one(images[b].numpy(), int(dy[b]), int(dx[b]), bool(flip[b]))
+        np.testing.assert_array_equal(one, batched[b].numpy())
+        torch.testing.assert_close(to_tensor(one), normalize(batched[b:b + 1])[0])
+
+
+def test_reference_and_engine_compute_the_same_loss_on_the_same_batch():
+    cfg = tiny_config()
+    setup = build(cfg, progress=False)
+    reference = Reference(cfg, setup.device)  # same seed, so the same initial weights
+    images = normalize(setup.train.images[:64])
+    labels = setup.train.labels[:64]
+    engine_loss, _ = forward_loss(setup, prepare_input(setup, images), labels)
+    reference_loss = reference.loss(images.contiguous(), labels)
+    torch.testing.assert_close(engine_loss, reference_loss, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_step_trains_the_same_model_class_and_optimizer():
+    cfg = tiny_config()
+    reference = Reference(cfg, torch.device("cpu"))
+    split = Split(torch.zeros(4, 32, 32, 3, dtype=torch.uint8), torch.arange(4))
+    before = [p.detach().clone() for p in reference.model.parameters()]
+    loss = reference.step(normalize(split.images).contiguous(), split.labels)
+    assert np.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, reference.model.parameters(),
+                                                                     strict=True))
+
+
+def test_bench_command_writes_its_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--what", "all", "--width", "4", "--train-subset", "128",
+                 "--batch-size", "64", "--rounds", "2", "--threads", "2",
+                 "--ghost-batch-size", "64", "--ghost-group", "16", "--json", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results == json.loads(capsys.readouterr().out)
+    train = results["train"]
+    assert train["engine_images_per_sec"] > 0 and train["reference_images_per_sec"] > 0
+    assert len(train["engine_per_epoch"]) == len(train["reference_per_epoch"]) == 2
+    assert train["engine_settings"]["channels_last"] is True
+    assert results["data"]["engine_batches_per_sec"] > 0
+    assert results["ghost"]["batch_size"] == 64 and results["ghost"]["bn_group"] == 16
+    assert results["ghost"]["ghost_over_loop"] > 0
