@@ -195,7 +195,8 @@ def bench_ghost(cfg: TrainConfig, steps: int = 4) -> dict:
     times = {impl: [] for impl in setups}
     for step in range(steps + 1):  # step 0 warms up
         images, labels = loader.batch(step % len(loader))
-        for impl, setup in setups.items():
+        order = list(setups.items())
+        for impl, setup in order if step % 2 else order[::-1]:  # who goes first alternates
             synchronize(setup.device)
             start = time.perf_counter()
             loss, _ = train_step(setup, prepare_input(setup, images), labels)

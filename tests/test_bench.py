@@ -4,12 +4,14 @@ No timing is asserted here: timings are benchmarks (printed ratios), not tests.
 """
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from batchscale.bench import Reference, augment_one, to_tensor
 from batchscale.cli import main
+from batchscale.config import from_dict
 from batchscale.data import Split, crop_flip, normalize
 from batchscale.train import build, forward_loss, prepare_input
 
@@ -66,3 +68,31 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
     assert results["data"]["engine_batches_per_sec"] > 0
     assert results["ghost"]["batch_size"] == 64 and results["ghost"]["bn_group"] == 16
     assert results["ghost"]["ghost_over_loop"] > 0
+
+
+def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):
+    """On CPU `ghost` runs whole BN groups per forward pass (issue 6); same loss, same gradients,
+    same running statistics as one pass over the batch."""
+    from batchscale import train as train_module
+    from batchscale.models import build_model
+
+    torch.manual_seed(0)
+    models = [build_model("resnet18", 4, group_size=4).double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(24, 3, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 10, (24,))
+    cfg = from_dict(dict(batch_size=24, bn_group=4, bn_impl="ghost"))
+    losses = []
+    for model, chunk in zip(models, (8, 1024), strict=True):  # 3 passes of 2 groups; 1 pass
+        monkeypatch.setattr(train_module, "CPU_GHOST_CHUNK", chunk)
+        setup = SimpleNamespace(cfg=cfg, model=model)
+        assert train_module.forward_chunk(setup, x) == (8 if chunk == 8 else 24)
+        loss, _ = train_module.forward_loss(setup, x, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
