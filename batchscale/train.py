@@ -14,21 +14,31 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from batchscale import checkpoint, distributed, rundir
 from batchscale.analysis import noise as noise_scale
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.data import EpochLoader, Split, balanced_subset, eval_batches, load_dataset
+from batchscale.data import EpochLoader, Split, balanced_subset, load_dataset
 from batchscale.errors import UserError
 from batchscale.models import build_model
 from batchscale.optim import build_optimizer, set_lr
 from batchscale.schedule import LearningRatePlan, plan_from_config
+from batchscale.step import (  # noqa: F401  (re-exported: the step's API lives on here too)
+    Meter,
+    autocast,
+    compile_model,
+    evaluate,
+    forward_chunk,
+    forward_loss,
+    prepare_input,
+    train_step,
+    training_module,
+)
 
 
 # ---------------------------------------------------------------------- set-up
@@ -78,121 +88,6 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
     plan = plan_from_config(cfg, len(train) // cfg.batch_size)
     return Setup(cfg, device, train.to(device), test.to(device), model, optimizer, plan,
                  channels_last, world_size, rank)
-
-
-# ---------------------------------------------------------------------- one step
-def autocast(setup: Setup):
-    if setup.cfg.amp == "bf16":
-        return torch.autocast(setup.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# Issue 6: on CPU, one process, a ghost batch runs in forward passes of whole BN groups, about
-# this many samples each: B = 1024 activations overflow the caches (a B = 1024 step ran 2x slower
-# per image than B = 128). Same groups, same statistics, same order of running-stat updates.
-CPU_GHOST_CHUNK = 128
-
-
-def forward_chunk(setup: Setup, images: torch.Tensor) -> int:
-    """Samples per forward pass: a BN group for `loop`; for `ghost` on CPU, the most whole
-    groups that fit CPU_GHOST_CHUNK and divide the batch evenly (equal passes, equal weights)."""
-    group, groups = setup.cfg.group_size, len(images) // setup.cfg.group_size
-    if setup.cfg.bn_impl == "loop":
-        return group
-    if images.device.type == "cpu" and getattr(setup, "world_size", 1) == 1 and groups > 1:
-        per_pass = max([m for m in range(1, groups + 1)
-                        if groups % m == 0 and m * group <= CPU_GHOST_CHUNK] or [1])
-        return group * per_pass
-    return len(images)
-
-
-def forward_loss(setup: Setup, images: torch.Tensor, labels: torch.Tensor):
-    """Mean cross-entropy and logits; `loop` runs Algorithm 1 (a forward per pseudo-batch)."""
-    chunk = forward_chunk(setup, images)
-    with autocast(setup):
-        if chunk < len(labels):
-            logits = [training_module(setup)(part) for part in images.split(chunk)]
-            losses = [F.cross_entropy(out.float(), y, label_smoothing=setup.cfg.label_smoothing)
-                      for out, y in zip(logits, labels.split(chunk), strict=True)]
-            return torch.stack(losses).mean(), torch.cat(logits)
-        logits = training_module(setup)(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=setup.cfg.label_smoothing)
-        return loss, logits
-
-
-def training_module(setup: Setup) -> torch.nn.Module:
-    """The model, or with several workers its DDP wrapper (which averages the gradients)."""
-    wrapped = getattr(setup, "train_model", None)  # test doubles may lack the field
-    return setup.model if wrapped is None else wrapped
-
-
-def compile_model(setup: Setup) -> None:
-    """With cfg.compile, train through torch.compile of the training module (issue 6). The
-    parameters are shared, so checkpoints and evaluation keep using the eager `setup.model`."""
-    if setup.cfg.compile:
-        setup.train_model = torch.compile(training_module(setup))
-
-
-def train_step(setup: Setup, images, labels):
-    setup.optimizer.zero_grad(set_to_none=True)
-    loss, logits = forward_loss(setup, images, labels)
-    loss.backward()
-    if setup.noise is not None:  # issue 5: one small group's gradient, before the step
-        noise_scale.observe_step(setup.noise, setup.model, images, labels,
-                                 lambda x, y: forward_loss(setup, x, y)[0])
-    setup.optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-@dataclass
-class Meter:
-    """Sums of one epoch's training metrics, kept on the device (no per-step host sync)."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    count: int = 0
-    first_bad_step: torch.Tensor = field(default=None)
-
-    @classmethod
-    def zeros(cls, device) -> Meter:
-        return cls(torch.zeros((), dtype=torch.float64, device=device),
-                   torch.zeros((), dtype=torch.int64, device=device), 0,
-                   torch.full((), -1, dtype=torch.int64, device=device))
-
-    def add(self, loss, logits, labels, step: int) -> None:
-        self.loss_sum += loss.double() * len(labels)
-        self.correct += (logits.argmax(1) == labels).sum()
-        self.count += len(labels)
-        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
-        self.first_bad_step.copy_(torch.where(bad, step, self.first_bad_step))
-
-    def state(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(),
-                "count": self.count, "first_bad_step": self.first_bad_step.cpu()}
-
-    @classmethod
-    def from_state(cls, state: dict, device) -> Meter:
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["count"],
-                   state["first_bad_step"].to(device))
-
-
-@torch.no_grad()
-def evaluate(setup: Setup, split: Split) -> tuple[float, float]:
-    """Mean loss and accuracy over a whole split, BN in eval mode, no augmentation."""
-    setup.model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=setup.device)
-    correct = torch.zeros((), dtype=torch.int64, device=setup.device)
-    for images, labels in eval_batches(split, setup.cfg.eval_batch_size):
-        with autocast(setup):
-            logits = setup.model(prepare_input(setup, images)).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
-    setup.model.train()
-    return loss_sum.item() / len(split), correct.item() / len(split)
-
-
-def prepare_input(setup: Setup, images: torch.Tensor) -> torch.Tensor:
-    return images if setup.channels_last else images.contiguous()
 
 
 # ---------------------------------------------------------------------- stopping on a signal

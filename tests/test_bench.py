@@ -73,7 +73,7 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
 def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):
     """On CPU `ghost` runs whole BN groups per forward pass (issue 6); same loss, same gradients,
     same running statistics as one pass over the batch."""
-    from batchscale import train as train_module
+    from batchscale import step as train_module
     from batchscale.models import build_model
 
     torch.manual_seed(0)
