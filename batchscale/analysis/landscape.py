@@ -114,7 +114,7 @@ def filter_normalized_direction(model: torch.nn.Module, seed: int = 0,
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, BN in eval mode, no augmentation (as train.py)."""
+    """Mean loss and accuracy over a split, BN in eval mode, no augmentation (as step.evaluate)."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
