@@ -278,10 +278,20 @@ def bench_command(args: argparse.Namespace) -> int:
                            "bn_group": args.ghost_group,
                            "train_subset": cfg.train_subset if cfg.train_subset >= size else 0})
         results["ghost"] = bench_ghost(ghost, args.rounds)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
+
+
+def save_json(result: dict, path: str | None) -> None:
+    """Write a benchmark's result to `path` (its --json option), if one was given."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def emit(result: dict, path: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to `path` if one was given."""
+    print(json.dumps(result, indent=2))
+    save_json(result, path)
 
 
 assert set(BENCH_DEFAULTS) <= set(FIELDS)

@@ -8,12 +8,12 @@ Three engines train on the same batches, one step each in turn: eager NCHW, eage
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 import batchscale  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from batchscale.bench import emit
 from batchscale.config import from_dict
 from batchscale.data import EpochLoader
 from batchscale.train import build, compile_model, prepare_input, train_step
@@ -58,10 +58,7 @@ def main():
         "channels_last_over_nchw": round(rates["eager_channels_last"] / rates["eager_nchw"], 3),
         "width": args.width, "batch_size": args.batch_size, "device": args.device,
         "load": round(os.getloadavg()[0], 2)})
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from batchscale import distributed
+from batchscale.bench import emit
 from batchscale.config import from_dict
 from batchscale.data import EpochLoader
 from batchscale.train import build, prepare_input, train_step
@@ -98,10 +99,7 @@ def main():
         "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

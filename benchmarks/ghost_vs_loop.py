@@ -9,9 +9,8 @@ step by step so that machine noise hits both alike (batchscale.bench.bench_ghost
 """
 
 import argparse
-import json
 
-from batchscale.bench import bench_ghost
+from batchscale.bench import bench_ghost, emit
 from batchscale.config import from_dict
 
 
@@ -29,10 +28,7 @@ def main():
                          base_batch_size=args.batch_size, bn_group=args.group,
                          device=args.device, channels_last=args.channels_last))
     result = bench_ghost(cfg, args.steps)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

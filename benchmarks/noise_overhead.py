@@ -10,7 +10,6 @@ or a quarter of the batch with --group 0) per step.
 """
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -18,6 +17,7 @@ import time
 import torch
 
 from batchscale.analysis import noise
+from batchscale.bench import save_json
 from batchscale.config import from_dict
 from batchscale.data import EpochLoader
 from batchscale.train import Position, build, prepare_input, train_step
@@ -59,9 +59,7 @@ def main():
     print(f"B {cfg.batch_size}, small batch {tracker.small_batch}, width {cfg.width}, "
           f"{result['device']} ({result['threads']} threads): step {off * 1000:.0f} ms off, "
           f"{on * 1000:.0f} ms on, overhead {result['overhead']:+.1%}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    save_json(result, args.json)
 
 
 if __name__ == "__main__":
