@@ -236,8 +236,9 @@ def test_beyond_presets_settings():
     sizes = sorted({b for _, b in mini})
     mini_sizes = load_preset("mini")["batch_sizes"]
     assert sizes[-1] / sizes[0] == 2 * mini_sizes[-1] / mini_sizes[0] == 32
-    assert mini["per-worker-bn", 128]["B_fraction"] <= 0.04
+    assert mini["per-worker-bn", 128]["B_fraction"] <= 4096 / 50000  # beyond's share at 4096
     assert mini["per-worker-bn", 128]["total_steps"] >= 1000
+    assert mini["per-worker-bn", 128]["warmup_steps"] >= 24
     assert mini["lars", 128]["peak_lr"] == pytest.approx(3.0, rel=1e-4)
     assert mini["lamb", 128]["peak_lr"] == pytest.approx(0.01, rel=1e-4)
     full = {(r.recipe, r.batch_size): r.cfg for r in expand(load_preset("beyond"))}
