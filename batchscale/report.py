@@ -245,6 +245,7 @@ def write_report(out: Path, target: float | None = None) -> Path:
     """Write report.md and the figures into `out`; return the report's path."""
     from batchscale.analysis.report_section import scaling_section  # issue 5
     from batchscale.figures import write_figures
+    from batchscale.limit import limit_lines
 
     out = Path(out)
     plan, results = collect(out)
@@ -263,6 +264,7 @@ def write_report(out: Path, target: float | None = None) -> Path:
     sentence = ordering_sentence(grouped)
     if sentence:
         lines += ["## The study's ordering at the largest batch", "", sentence, ""]
+    lines += limit_lines(plan, grouped)  # issue 7
     if plan.get("notes"):
         lines += ["## Notes from the preset", "", plan["notes"].strip(), ""]
     lines += scaling_section(out, grouped)  # issue 5: "Why couldn't we scale further?"

@@ -176,9 +176,24 @@ def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
         "test_images": len(setup.test),
         "noise_scale_g": cfg.peak_lr * (len(setup.train) / cfg.batch_size - 1),
         "wall_s": round(position.wall_s, 3),
+        "memory": memory(setup),
         "error": error,
         "environment": rundir.environment(setup.device, cfg.seed, setup.world_size),
     }
+
+
+def memory(setup: Setup) -> dict:
+    """Issue 6: the resident data set's bytes (uint8 images + labels, held once on the training
+    device) and the peak memory of this process: host RSS and, on CUDA, allocated device memory."""
+    import resource
+
+    data = sum(t.element_size() * t.nelement() for split in (setup.train, setup.test)
+               for t in (split.images, split.labels))
+    peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    report = {"data_mb": round(data / 2**20, 2), "peak_host_rss_mb": round(peak_rss_kb / 1024, 1)}
+    if setup.device.type == "cuda":
+        report["peak_device_mb"] = round(torch.cuda.max_memory_allocated(setup.device) / 2**20, 1)
+    return report
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,

@@ -84,3 +84,22 @@ def test_report_of_a_missing_directory_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no study directory" in err
+
+
+def test_scaling_limit_is_the_largest_batch_within_one_percent(report):
+    _, text = report
+    # reference: trivial at B = 8, (0.62 + 0.64) / 2 = 0.63; within 1% means >= 0.62
+    assert "mean final test accuracy 0.6300" in text and "at least 0.6200" in text
+    assert "| trivial | 8: 0.6300, 32: 0.5500 | 8 | 1× | 128 | 4× |" in text
+    assert "| linear+warmup | 8: 0.6300, 32: 0.6200 | 32 | 4× | 1024 | 32× |" in text
+    assert "| per-worker-bn | 8: 0.6300, 32: 0.6600 | 32 | 4× | 2048 | 64× |" in text
+
+
+def test_study_limits_from_the_published_tables():
+    from batchscale.limit import largest_within, study_limit
+
+    # Table I falls to 0.8571 at 256 (> 1% below 0.8833); Table III holds 0.8759 at 2048
+    assert study_limit("I") == (128, 0.8833)
+    assert study_limit("II")[0] == 1024 and study_limit("III")[0] == 2048
+    assert largest_within([(4, 0.5), (8, 0.49), (16, 0.3), (32, 0.495)], 0.5) == 32
+    assert largest_within([(4, None), (8, 0.2)], 0.5) is None

@@ -143,6 +143,9 @@ def test_loop_implementation_trains_end_to_end(tmp_path):
     summary = train(tiny_config(epochs=1, bn_group=16, bn_impl="loop"), tmp_path / "r",
                     quiet=True)
     assert summary["status"] == "completed" and summary["final_test_acc"] > 0
+    # the data set is resident once, as uint8: (256 train + 1,000 test) x (32*32*3 + 8) bytes
+    assert summary["memory"]["data_mb"] == round(1256 * (3072 + 8) / 2**20, 2) == 3.69
+    assert summary["memory"]["peak_host_rss_mb"] > 100
 
 
 def test_real_cifar10_subset_reaches_30_percent(shared_zip, tmp_path):

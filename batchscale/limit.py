@@ -1,0 +1,66 @@
+"""The scaling limit of each recipe: the largest batch whose accuracy stays within 1% of the
+small-batch accuracy (issue 7), ours beside the study's.
+
+The small-batch accuracy is the mean final test accuracy of the first recipe of the study (its
+baseline) at the smallest batch size; for the study it is its baseline, Table I at B = 32. "Within
+1%" is absolute: mean test accuracy at least reference − 0.01. Batch sizes are also given as the
+factor over the smallest batch, the number that compares across scales.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from batchscale import published
+
+TOLERANCE = 0.01
+STUDY_BASE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II) at B = 32
+
+
+def _mean_test(cell) -> float | None:
+    values = cell.values("test_acc")
+    return statistics.fmean(values) if values else None
+
+
+def largest_within(points: list[tuple[int, float | None]], reference: float) -> int | None:
+    """The largest batch size whose accuracy is at least reference − TOLERANCE."""
+    ok = [b for b, acc in points if acc is not None and acc >= reference - TOLERANCE - 1e-12]
+    return max(ok) if ok else None
+
+
+def study_limit(table: str) -> tuple[int | None, float]:
+    """(largest batch within 1% of the study's baseline, the baseline) for a published table."""
+    reference = published.lookup(*STUDY_BASE).test_acc
+    rows = published.rows(table)
+    return largest_within([(r.batch_size, r.test_acc) for r in rows], reference), reference
+
+
+def limit_lines(plan: dict, grouped: dict) -> list[str]:
+    """Markdown of the section, or [] when no recipe has a completed smallest batch."""
+    recipes = list(grouped)
+    if not recipes:
+        return []
+    base_cells = grouped[recipes[0]]
+    reference = _mean_test(base_cells[0]) if base_cells else None
+    if reference is None:
+        return []
+    smallest = base_cells[0].batch_size
+    lines = ["## Scaling limit: the largest batch within 1% of small-batch accuracy", "",
+             f"Small-batch accuracy: {recipes[0]} at B = {smallest}, mean final test accuracy "
+             f"{reference:.4f}; a batch size is within 1% when its recipe's mean is at least "
+             f"{reference - TOLERANCE:.4f}. The study's baseline is Table I at B = 32 "
+             f"({published.lookup(*STUDY_BASE).test_acc:.4f}); its factor is over B = 32.", "",
+             "| recipe | accuracy per B (mean over seeds) | largest B within 1% | factor | "
+             "study: largest B within 1% | study factor |", "|---|---|---:|---:|---:|---:|"]
+    for recipe, cells in grouped.items():
+        points = [(c.batch_size, _mean_test(c)) for c in cells]
+        shown = ", ".join(f"{b}: {'—' if a is None else f'{a:.4f}'}" for b, a in points)
+        ours = largest_within(points, reference)
+        table = plan.get("recipes", {}).get(recipe, {}).get("published")
+        study_b = study_limit(table)[0] if table in ("I", "II", "III") else None
+        lines.append(
+            f"| {recipe} | {shown} | {ours if ours else 'none'} | "
+            f"{f'{ours // smallest}×' if ours else '—'} | {study_b if study_b else '—'} | "
+            f"{f'{study_b // 32}×' if study_b else '—'} |")
+    return lines + ["", "The study publishes no LARS or LAMB runs; its Table III recipe "
+                    "diverges at B = 4096 (the `diverge4096` preset).", ""]
