@@ -4,6 +4,7 @@ the landscape at α = 0, the training hook, and the `analyze` command line."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -215,3 +216,14 @@ def test_report_section_reads_the_analysis_files(tmp_path):
     assert "first falls more than 0.01 below the smallest batch's at B = 32" in section
     assert "per-worker-bn/b32/seed1` (B = 32) diverged at step 57" in section
     assert (study / "scaling_landscape.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_loss_axis_is_capped_near_the_minimum():
+    from batchscale.analysis.landscape import loss_ceiling
+
+    alphas = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    sharp, flat = [40.0, 3.0, 0.1, 2.5, 60.0], [1.0, 0.3, 0.1, 0.2, 0.9]
+    assert loss_ceiling([(alphas, sharp), (alphas, flat)]) == pytest.approx(3.3)
+    # below chance level the cap is 1.1 ln(10), unless every curve stays lower still
+    assert loss_ceiling([(alphas, [9.0, 1.0, 0.1, 1.0, 9.0])]) == pytest.approx(1.1 * math.log(10))
+    assert loss_ceiling([(alphas, flat)]) == pytest.approx(1.05)

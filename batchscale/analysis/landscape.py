@@ -19,6 +19,7 @@ Sharpness of a run: the mean rise of the training loss at α = ±0.5 over its va
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,16 @@ def label_of(record: dict) -> str:
     return f"B = {record['batch_size']}" + (f", BN group {group}" if group else "")
 
 
+def loss_ceiling(curves: list[tuple[list[float], list[float]]], within: float = 0.5) -> float:
+    """Top of a loss axis: far along a direction the loss explodes (to 10-100) and would flatten
+    every curve near the minimum, so cap the axis at 1.1 x the largest loss at |α| <= `within`,
+    and never below 1.1 x chance level ln(10); curves that stay lower keep their own maximum."""
+    near = [loss for alphas, losses in curves for a, loss in zip(alphas, losses, strict=True)
+            if abs(a) <= within + 1e-9]
+    highest = max(loss for _, losses in curves for loss in losses)
+    return min(highest * 1.05, 1.1 * max(max(near, default=0.0), math.log(10)))
+
+
 def plot_slices(records: list[dict], path: Path, title: str = "") -> None:
     """Training and test loss along the slice, a curve per run (as the study's Fig. 1b)."""
     import matplotlib
@@ -230,7 +241,9 @@ def plot_slices(records: list[dict], path: Path, title: str = "") -> None:
         ax.set_xlabel("α (filter-normalized direction)")
         ax.set_title(f"{split} loss" + (f" — {title}" if title else ""))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cross-entropy")
+    curves = [(r["alpha"], r[key]) for r in records for key in ("train_loss", "test_loss")]
+    axes[0].set_ylim(0, loss_ceiling(curves))  # shared y: sets both panels
+    axes[0].set_ylabel("cross-entropy (axis capped near |α| = 0.5)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

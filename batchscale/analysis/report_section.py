@@ -117,6 +117,12 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
                     ax.plot(range(1, length + 1),
                             [statistics.fmean(s[i] for s in found) for i in range(length)],
                             label=f"B = {cell.batch_size}")
+            if key == "landscapes":
+                from batchscale.analysis.landscape import loss_ceiling
+
+                curves = [(line.get_xdata(), line.get_ydata()) for line in ax.get_lines()]
+                if curves:
+                    ax.set_ylim(0, loss_ceiling(curves))
             if key == "noise":
                 ax.set_yscale("log")
                 ax.set_xlabel("epoch")
