@@ -139,21 +139,24 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-_SCALE_SHIFT: dict = {}  # (device, dtype) -> per-channel 1/std and -mean/std, made once
+_SCALE_SHIFT: dict = {}  # (device, dtype, H, W) -> 1/(255 std) and -mean/std per pixel
 
 
 def normalize(images: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """uint8 (B, H, W, 3) → normalized float (B, 3, H, W) in channels_last memory layout.
 
-    One pass (issue 6): x * (1 / (255 std)) - mean / std, converting uint8 on the fly."""
-    key = (images.device, dtype)
+    x * (1 / (255 std)) - mean / std. Issue 6: the per-channel constants are laid out once as
+    whole (H, W, 3) images, so both in-place ops run over contiguous memory; broadcasting a
+    size-3 last dimension (or one addcmul) measured ~10x slower on CPU."""
+    height, width, channels = images.shape[1:]
+    key = (images.device, dtype, height, width)
     if key not in _SCALE_SHIFT:
-        _SCALE_SHIFT[key] = (
-            torch.tensor([1 / (255 * s) for s in STD], device=images.device, dtype=dtype),
-            torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)],
-                         device=images.device, dtype=dtype))
+        scale = torch.tensor([1 / (255 * s) for s in STD], dtype=dtype)
+        shift = torch.tensor([-m / s for m, s in zip(MEAN, STD, strict=True)], dtype=dtype)
+        _SCALE_SHIFT[key] = tuple(t.expand(height, width, channels).contiguous().to(images.device)
+                                  for t in (scale, shift))
     scale, shift = _SCALE_SHIFT[key]
-    return torch.addcmul(shift, images, scale).permute(0, 3, 1, 2)
+    return images.to(dtype).mul_(scale).add_(shift).permute(0, 3, 1, 2)
 
 
 def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
