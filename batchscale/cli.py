@@ -19,7 +19,7 @@ from batchscale.errors import UserError
 
 # Fields that may change when a run is resumed; every other field must stay as it was.
 RESUMABLE_FIELDS = ("epochs", "device", "threads", "log_every", "eval_batch_size",
-                    "dist_timeout")
+                    "dist_timeout", "compile", "channels_last")  # how, not what, is computed
 
 
 class Parser(argparse.ArgumentParser):
