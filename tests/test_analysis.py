@@ -206,12 +206,13 @@ def test_report_section_reads_the_analysis_files(tmp_path):
             run = study / "trivial" / f"b{batch}" / f"seed{seed}"
             (run / "landscape.json").write_text(json.dumps(
                 {"alpha": [-0.5, 0.0, 0.5], "train_loss": [1.0, 0.5, 1.0],
-                 "sharpness": sharp + 0.01 * seed}))
+                 "train_acc": [0.5, 0.9 + 0.02 * seed, 0.4], "sharpness": sharp + 0.01 * seed}))
             (run / "hessian.json").write_text(json.dumps({"eigenvalue": eigen + seed}))
     text = write_report(study).read_text()
     section = text[text.index("## Why couldn't we scale further?"):text.index("## Every run")]
-    assert "| trivial | 8 | 0.63 | 0.205 | 10.5 | — | — |" in section
-    assert "| trivial | 32 | 0.55 | 0.505 | 30.5 | — | — |" in section
+    # fit: train accuracy at alpha = 0, seed mean of 0.90 and 0.92
+    assert "| trivial | 8 | 0.63 | 0.91 | 0.205 | 10.5 | — | — |" in section
+    assert "| trivial | 32 | 0.55 | 0.91 | 0.505 | 30.5 | — | — |" in section
     assert "sharpness rises with B (8: 0.205, 32: 0.505); λ_max rises with B" in section
     assert "first falls more than 0.01 below the smallest batch's at B = 32" in section
     assert "per-worker-bn/b32/seed1` (B = 32) diverged at step 57" in section

@@ -38,6 +38,10 @@ def measurements(out: Path, cell) -> dict:
     return {
         "test_acc": _mean(cell.values("test_acc")),
         "sharpness": _mean([x["sharpness"] for x in landscapes if x]),
+        # how well the weights fit their training data: accuracy at α = 0, BN in eval mode, no
+        # augmentation (the metrics' train_acc is taken in train mode, on augmented batches,
+        # with batch statistics of each BN group -- noisy for groups of a few images)
+        "fit_acc": _mean([x["train_acc"][x["alpha"].index(0.0)] for x in landscapes if x]),
         "eigenvalue": _mean([x["eigenvalue"] for x in hessians if x]),
         "b_simple_final": _mean([s[-1] for s in noise if s]),
         "b_simple_median": _mean([statistics.median(s) for s in noise if s]),
@@ -165,14 +169,17 @@ def scaling_section(out: Path, grouped) -> list[str]:
              "direction (`batchscale analyze landscape`). λ_max: top eigenvalue of the "
              "training-loss Hessian (`batchscale analyze hessian`). B_simple = tr(Σ)/|G|², the "
              "gradient noise scale (`--track-noise-scale`), at the last epoch and its median "
-             "over training. Means over completed seeds; — where not measured.", "",
-             "| recipe | B | test acc | sharpness | λ_max | B_simple (last) | "
-             "B_simple (median) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "over training. *Fit*: accuracy on the landscape's fixed training sample at α = 0, "
+             "BN in eval mode, no augmentation. Means over completed seeds; — where not "
+             "measured.", "",
+             "| recipe | B | test acc | fit | sharpness | λ_max | B_simple (last) | "
+             "B_simple (median) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for recipe, cells in grouped.items():
         for c in cells:
             m = tables[recipe][c.batch_size]
             lines.append(f"| {recipe} | {c.batch_size} | {_fmt(m['test_acc'])} | "
-                         f"{_fmt(m['sharpness'])} | {_fmt(m['eigenvalue'])} | "
+                         f"{_fmt(m['fit_acc'])} | {_fmt(m['sharpness'])} | "
+                         f"{_fmt(m['eigenvalue'])} | "
                          f"{_fmt(m['b_simple_final'], 3)} | {_fmt(m['b_simple_median'], 3)} |")
     lines += [""] + reading(grouped, tables, drops)
     if diverged:
