@@ -211,6 +211,10 @@ def _read_members(path: Path) -> dict[str, dict]:
                     name = PurePosixPath(member.name).name
                     if member.isfile() and name in wanted and name not in found:
                         found[name] = _unpickle(tar.extractfile(member), name, path)
+                # read on to the end: gzip checks its CRC there, which catches a flipped byte
+                # that still decompresses (and unpickles) into wrong pixels
+                while tar.fileobj.read(1 << 20):
+                    pass
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             msg = f"{path} is not a readable archive ({_one_line(e)}); delete it and run again"
             raise UserError(msg) from None
