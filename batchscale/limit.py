@@ -9,17 +9,15 @@ factor over the smallest batch, the number that compares across scales.
 
 from __future__ import annotations
 
-import statistics
-
 from batchscale import published
+from batchscale.report import mean_std
 
 TOLERANCE = 0.01
 STUDY_BASE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II) at B = 32
 
 
 def _mean_test(cell) -> float | None:
-    values = cell.values("test_acc")
-    return statistics.fmean(values) if values else None
+    return mean_std(cell.values("test_acc"))[0]
 
 
 def largest_within(points: list[tuple[int, float | None]], reference: float) -> int | None:
@@ -30,9 +28,13 @@ def largest_within(points: list[tuple[int, float | None]], reference: float) -> 
 
 def study_limit(table: str) -> tuple[int | None, float]:
     """(largest batch within 1% of the study's baseline, the baseline) for a published table."""
-    reference = published.lookup(*STUDY_BASE).test_acc
+    reference = study_reference()
     rows = published.rows(table)
     return largest_within([(r.batch_size, r.test_acc) for r in rows], reference), reference
+
+
+def study_reference() -> float:
+    return published.lookup(*STUDY_BASE).test_acc
 
 
 def limit_lines(plan: dict, grouped: dict) -> list[str]:
@@ -49,7 +51,7 @@ def limit_lines(plan: dict, grouped: dict) -> list[str]:
              f"Small-batch accuracy: {recipes[0]} at B = {smallest}, mean final test accuracy "
              f"{reference:.4f}; a batch size is within 1% when its recipe's mean is at least "
              f"{reference - TOLERANCE:.4f}. The study's baseline is Table I at B = 32 "
-             f"({published.lookup(*STUDY_BASE).test_acc:.4f}); its factor is over B = 32.", "",
+             f"({study_reference():.4f}); its factor is over B = 32.", "",
              "| recipe | accuracy per B (mean over seeds) | largest B within 1% | factor | "
              "study: largest B within 1% | study factor |", "|---|---|---:|---:|---:|---:|"]
     for recipe, cells in grouped.items():
