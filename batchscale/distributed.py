@@ -287,8 +287,10 @@ def launch(cfg, out: Path, *, resume: bool, overwrite: bool, quiet: bool) -> dic
     at their next check, with a checkpoint); SIGINT from a terminal reaches them directly."""
     check_world(cfg, cfg.workers)
     rundir.check(out, resume, overwrite)
+    # --local-addr: the workers meet on 127.0.0.1, whatever the hostname resolves to
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(cfg.workers), "-m", "batchscale", "train",
+               "--local-addr", "127.0.0.1", "--nproc-per-node", str(cfg.workers),
+               "-m", "batchscale", "train",
                "--out", str(out), *config_flags(cfg)]
     command += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite),
                                       ("--quiet", quiet)) if on]

@@ -36,7 +36,10 @@ from conftest import ROOT, tiny_config
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without distributed")
 TIMING = ("images_per_sec", "wall_s")
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+# Loopback for gloo's own sockets: a machine whose hostname resolves to an address its peers
+# cannot reach (seen once in CI: a worker aborted on SIGABRT) still runs these tests.
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **LOOPBACK}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -175,12 +178,16 @@ def run_config(data: str, **overrides):
 
 @pytest.fixture(scope="module")
 def two_nodes(data, tmp_path_factory) -> Path:
-    """Two `torchrun --nnodes 2` launches meeting at a c10d rendezvous on 127.0.0.1."""
+    """Two `torchrun --nnodes 2` launches meeting at a c10d rendezvous on 127.0.0.1.
+
+    Node 0 hosts the rendezvous store and both name 127.0.0.1 as their own address, so the
+    workers' MASTER_ADDR does not depend on what the machine's hostname resolves to."""
     out = tmp_path_factory.mktemp("two-nodes") / "run"
     port, args = free_port(), cli_args(run_config(data), out)
     launches = [subprocess.Popen(
         [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
+         "--rdzv-conf", f"is_host={int(node == 0)}", "--local-addr", "127.0.0.1",
          *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for node in (0, 1)]
     logs = [launch.communicate(timeout=180)[0] for launch in launches]
@@ -226,7 +233,8 @@ def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_metrics(two_n
                                                                           tmp_path):
     out = tmp_path / "run"
     launcher = subprocess.Popen(
-        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+        [*TORCHRUN, "--standalone", "--local-addr", "127.0.0.1", "--nproc-per-node", "2",
+         "--max-restarts", "1",
          *cli_args(run_config(data), out)],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
