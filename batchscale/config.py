@@ -96,6 +96,8 @@ class TrainConfig:
     log_every: int = _opt(20, "steps between progress-bar updates (each one reads the loss)")
     track_noise_scale: bool = _opt(False, "log the gradient noise scale B_simple per epoch "
                                           "(McCandlish et al.; costs one small-batch pass a step)")
+    noise_scale_every: int = _opt(1, "with track_noise_scale: measure it on every N-th step "
+                                     "(its cost divided by N; the trajectory is unchanged)")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -175,7 +177,7 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"{f.name} must be one of {', '.join(choices)}, "
                             f"got {getattr(cfg, f.name)!r}")
     positive = ("width", "lr", "base_batch_size", "batch_size", "epochs", "eval_batch_size",
-                "decay_every", "log_every")
+                "decay_every", "log_every", "noise_scale_every")
     for name in positive:
         if not getattr(cfg, name) > 0:
             raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")

@@ -129,6 +129,27 @@ def test_training_with_the_noise_scale_tracked_keeps_the_trajectory(trained_run,
     assert "noise_b_simple" not in plain[0]
 
 
+def test_every_nth_step_is_observed_and_the_trajectory_kept(trained_run, tmp_path):
+    tracker = noise.NoiseScaleTracker(16, 64, decay=0.5, every=3)
+    assert [tracker.due() for _ in range(7)] == [True, False, False, True, False, False, True]
+    sparse = tmp_path / "every3"
+    train(tiny_config(epochs=1, threads=1, bn_group=16, track_noise_scale=True,
+                      noise_scale_every=3), sparse, quiet=True)
+    row, whole = read_metrics(sparse)[0], read_metrics(trained_run)[0]
+    assert row["train_loss"] == whole["train_loss"]  # 4 steps: observed at steps 1 and 4
+    assert row["noise_trace_sigma"] > 0 and row["noise_b_simple"] != whole["noise_b_simple"]
+    checkpoint = torch.load(sparse / "checkpoint.pt", weights_only=False)
+    assert checkpoint["position"]["noise_state"]["count"] == 2
+
+
+def test_a_small_batch_under_four_images_is_not_tracked(tmp_path, capsys):
+    out = tmp_path / "b8"
+    train(tiny_config(epochs=1, threads=1, batch_size=8, base_batch_size=8,
+                      train_subset=64, track_noise_scale=True), out, quiet=True)
+    assert "noise_b_simple" not in read_metrics(out)[0]
+    assert "small batch would be 2 image(s) of 8, fewer than 4" in capsys.readouterr().err
+
+
 def test_noise_scale_state_resumes_exactly(trained_run, tmp_path):
     cfg = tiny_config(epochs=1, threads=1, bn_group=16, track_noise_scale=True)
     assert train(cfg, tmp_path / "r", quiet=True, stop_at_step=2)["status"] == "interrupted"

@@ -16,6 +16,11 @@ In the single-process run the big gradient is the step's own (already computed) 
 small one comes from one batch-norm group (cfg.group_size samples; a quarter of the batch when
 batch norm is over the whole batch), cycling through the groups step by step, recomputed by an
 extra forward and backward pass over that group alone: about b_small / b_big of a step's cost.
+With noise_scale_every = N only every N-th step pays that pass (the moving averages then span
+an epoch's N-th steps). A small batch of fewer than MIN_SMALL_BATCH images is not measured: batch
+norm over one to three images computes a different function from the big batch's, so its
+gradient is no sample of the same gradient (at B = 4 without groups the small batch would be one
+image); such a run trains without the noise fields and says so once.
 Batch-norm running statistics are restored afterwards and no random numbers are drawn, so the
 training trajectory is the same as without tracking. Under torchrun the small gradient is each
 worker's local gradient before the all-reduce: `local_norm_hook` reads it, with no extra pass.
@@ -24,12 +29,15 @@ worker's local gradient before the all-reduce: `local_norm_hook` reads it, with 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from batchscale.errors import UserError
+
+MIN_SMALL_BATCH = 4
 
 
 def unbiased_estimates(small_sq, small_batch: int, big_sq, big_batch: int):
@@ -56,15 +64,23 @@ class NoiseScaleTracker:
     """EMA-smoothed |G|² and tr(Σ); its state is a dict of tensors updated in place, so that
     the dict kept in the training position (and its checkpoint) is always current."""
 
-    def __init__(self, small_batch: int, big_batch: int, decay: float, state: dict | None = None):
+    def __init__(self, small_batch: int, big_batch: int, decay: float, state: dict | None = None,
+                 every: int = 1):
         self.small_batch, self.big_batch, self.decay = small_batch, big_batch, decay
         self.state = state if state is not None else self.fresh_state()
+        self.every = every
+
+    def due(self) -> bool:
+        """Count a training step; True on the first and then on every `every`-th."""
+        seen = self.state.get("steps", 0)  # absent from checkpoints older than the field
+        self.state["steps"] = seen + 1
+        return seen % self.every == 0
 
     @staticmethod
     def fresh_state() -> dict:
         zero = torch.zeros((), dtype=torch.float64)
         return {"grad_sq": zero.clone(), "trace_sigma": zero.clone(), "weight": zero.clone(),
-                "count": 0}
+                "count": 0, "steps": 0}
 
     def to(self, device) -> NoiseScaleTracker:
         for key in ("grad_sq", "trace_sigma", "weight"):
@@ -109,12 +125,17 @@ def attach(setup, position) -> NoiseScaleTracker | None:
         raise UserError("track_noise_scale under torchrun is not wired in yet (see "
                         "batchscale.analysis.noise.LocalNormHook); run it in one process")
     small = small_batch_size(cfg.group_size, cfg.batch_size)
-    if small >= cfg.batch_size:
-        raise UserError(f"track_noise_scale needs batch_size > 1, got {cfg.batch_size}")
-    decay = 1.0 - 2.0 / (max(setup.plan.steps_per_epoch, 1) + 1)
+    if small < MIN_SMALL_BATCH:
+        if setup.rank == 0:
+            print(f"batchscale: noise scale not tracked: its small batch would be {small} "
+                  f"image(s) of {cfg.batch_size}, fewer than {MIN_SMALL_BATCH}", file=sys.stderr)
+        return None
+    observed_per_epoch = -(-setup.plan.steps_per_epoch // cfg.noise_scale_every)
+    decay = 1.0 - 2.0 / (max(observed_per_epoch, 1) + 1)
     if position.noise_state is None:
         position.noise_state = NoiseScaleTracker.fresh_state()
-    return NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state).to(setup.device)
+    return NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state,
+                             cfg.noise_scale_every).to(setup.device)
 
 
 @contextlib.contextmanager
