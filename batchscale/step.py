@@ -75,9 +75,9 @@ def train_step(setup: Setup, images, labels):
     setup.optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_loss(setup, images, labels)
     loss.backward()
-    if setup.noise is not None and setup.noise.due():  # issue 5: a small group's gradient
-        noise_scale.observe_step(setup.noise, setup.model, images, labels,
-                                 lambda x, y: forward_loss(setup, x, y)[0])
+    if setup.noise is not None:  # issue 5: a small batch's gradient, before the step
+        noise_scale.after_backward(setup.noise, setup.model, images, labels,
+                                   lambda x, y: forward_loss(setup, x, y)[0])
     setup.optimizer.step()
     return loss.detach(), logits.detach()
 

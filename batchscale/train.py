@@ -233,8 +233,8 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
         distributed.from_rank0(create_run_dir)
     position = restore(setup, run_dir) if resume else Position()
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
+    setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
     compile_model(setup)  # issue 6: --compile
-    setup.noise = noise_scale.attach(setup, position)
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)

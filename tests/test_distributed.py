@@ -27,10 +27,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from batchscale import distributed, rundir
+from batchscale.analysis import noise
 from batchscale.data import EpochLoader, balanced_subset, load_dataset
 from batchscale.errors import UserError
 from batchscale.optim import set_lr
-from batchscale.train import build, train, train_step
+from batchscale.step import forward_loss
+from batchscale.train import Position, build, train, train_step
 
 from conftest import ROOT, tiny_config
 
@@ -82,19 +84,38 @@ def cli_args(cfg, out: Path, *extra: str) -> list[str]:
 
 # ---------------------------------------------------------------------- one step, in float64
 def one_step(cfg, world_size: int = 1, rank: int = 0) -> dict:
-    """Weights and buffers after one float64 step on global batch 0 of epoch 0."""
+    """Weights and buffers after one float64 step on global batch 0 of epoch 0 (and with
+    cfg.track_noise_scale, the tracker's estimates as `noise`)."""
     setup = build(cfg, progress=False, world_size=world_size, rank=rank)
     setup.model.double()
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
+    setup.noise = noise.attach(setup, Position())
     loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0, rank=rank,
                          world_size=world_size)
     images, labels = loader.batch(0)
     set_lr(setup.optimizer, setup.plan.lr_at(0))
     train_step(setup, images.double(), labels)
-    return {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
+    return {**state, "noise": setup.noise.values()} if setup.noise else state
 
 
-CASES = {"local": dict(batch_size=64), "sync": dict(batch_size=64, sync_bn=True)}
+NOISE = dict(batch_size=64, bn_group=32, track_noise_scale=True)
+CASES = {"local": dict(batch_size=64), "sync": dict(batch_size=64, sync_bn=True), "tracked": NOISE}
+
+
+def squared_gradient_norms(cfg) -> tuple[float, list[float]]:
+    """|g|² of the whole batch 0 and of each group of 32, in one float64 process."""
+    setup = build(cfg, progress=False)
+    setup.model.double()
+    images, labels = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0).batch(0)
+    params = [p for p in setup.model.parameters() if p.requires_grad]
+
+    def norm(x, y) -> float:
+        grads = torch.autograd.grad(forward_loss(setup, x.double(), y)[0], params)
+        return noise.squared_norm(grads).item()
+
+    return norm(images, labels), [norm(x, y) for x, y in zip(images.split(32),
+                                                               labels.split(32), strict=True)]
 
 
 def _worker(rank: int, port: int, data: str, out: str) -> None:
@@ -156,6 +177,17 @@ def test_running_statistics_stay_each_workers_own(spawned, data):
                               own["stem.1.running_mean"])
 
 
+def test_workers_measure_the_noise_scale_from_their_own_gradients(spawned, data):
+    """The DDP hook's local squared norms, averaged over the workers, against the per-group
+    gradients of one process: McCandlish's estimates with b_small = 32, b_big = 64."""
+    whole, groups = squared_gradient_norms(config(data, **NOISE))
+    grad_sq, trace = noise.unbiased_estimates(sum(groups) / 2, 32, whole, 64)
+    for worker in spawned:
+        assert worker["tracked"]["noise"]["noise_grad_sq"] == pytest.approx(grad_sq, rel=1e-6)
+        assert worker["tracked"]["noise"]["noise_trace_sigma"] == pytest.approx(trace, rel=1e-6)
+    assert abs(groups[0] - groups[1]) > 1e-3 * whole  # the average is not one worker's own
+
+
 def test_sync_bn_takes_the_same_step_as_whole_batch_bn(spawned, data):
     whole = one_step(config(data, batch_size=64))
     for rank in range(2):
@@ -183,7 +215,7 @@ def two_nodes(data, tmp_path_factory) -> Path:
     Node 0 hosts the rendezvous store and both name 127.0.0.1 as their own address, so the
     workers' MASTER_ADDR does not depend on what the machine's hostname resolves to."""
     out = tmp_path_factory.mktemp("two-nodes") / "run"
-    port, args = free_port(), cli_args(run_config(data), out)
+    port, args = free_port(), cli_args(run_config(data, track_noise_scale=True), out)
     launches = [subprocess.Popen(
         [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
@@ -208,6 +240,9 @@ def test_two_nodes_train_together_and_report_global_metrics(two_nodes, data, tmp
     real, alone = rundir.read_metrics(two_nodes)[0], rundir.read_metrics(tmp_path / "s")[0]
     assert real["train_acc"] == alone["train_acc"]
     assert real["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5)
+    # the noise scale from each worker's own gradient (b_small = 32) against the reduced one
+    assert (real["noise_small_batch"], real["noise_big_batch"]) == (32, 64)
+    assert real["noise_trace_sigma"] > 0 and real["noise_b_simple"] > 0
 
 
 def worker_pids(parent: int) -> dict[int, int]:
@@ -235,7 +270,7 @@ def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_metrics(two_n
     launcher = subprocess.Popen(
         [*TORCHRUN, "--standalone", "--local-addr", "127.0.0.1", "--nproc-per-node", "2",
          "--max-restarts", "1",
-         *cli_args(run_config(data), out)],
+         *cli_args(run_config(data, track_noise_scale=True), out)],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while len(rundir.read_metrics(out)) < 1:  # epoch 1 is checkpointed; epoch 2 is running

@@ -23,7 +23,8 @@ gradient is no sample of the same gradient (at B = 4 without groups the small ba
 image); such a run trains without the noise fields and says so once.
 Batch-norm running statistics are restored afterwards and no random numbers are drawn, so the
 training trajectory is the same as without tracking. Under torchrun the small gradient is each
-worker's local gradient before the all-reduce: `local_norm_hook` reads it, with no extra pass.
+worker's local gradient before the all-reduce: `LocalNormHook` reads it, with no extra pass, and
+the workers' squared norms are averaged (b_small = B / workers, b_big = B).
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from batchscale.errors import UserError
 
 MIN_SMALL_BATCH = 4
 
@@ -69,6 +68,7 @@ class NoiseScaleTracker:
         self.small_batch, self.big_batch, self.decay = small_batch, big_batch, decay
         self.state = state if state is not None else self.fresh_state()
         self.every = every
+        self.hook: LocalNormHook | None = None  # under torchrun: the workers' local norms
 
     def due(self) -> bool:
         """Count a training step; True on the first and then on every `every`-th."""
@@ -121,10 +121,10 @@ def attach(setup, position) -> NoiseScaleTracker | None:
     cfg = setup.cfg
     if not cfg.track_noise_scale:
         return None
-    if setup.world_size > 1:
-        raise UserError("track_noise_scale under torchrun is not wired in yet (see "
-                        "batchscale.analysis.noise.LocalNormHook); run it in one process")
-    small = small_batch_size(cfg.group_size, cfg.batch_size)
+    workers = setup.world_size
+    # under torchrun the small batch is each worker's own, read before the all-reduce
+    small = cfg.batch_size // workers if workers > 1 else small_batch_size(cfg.group_size,
+                                                                          cfg.batch_size)
     if small < MIN_SMALL_BATCH:
         if setup.rank == 0:
             print(f"batchscale: noise scale not tracked: its small batch would be {small} "
@@ -134,8 +134,12 @@ def attach(setup, position) -> NoiseScaleTracker | None:
     decay = 1.0 - 2.0 / (max(observed_per_epoch, 1) + 1)
     if position.noise_state is None:
         position.noise_state = NoiseScaleTracker.fresh_state()
-    return NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state,
-                             cfg.noise_scale_every).to(setup.device)
+    tracker = NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state,
+                                cfg.noise_scale_every).to(setup.device)
+    if workers > 1:
+        tracker.hook = LocalNormHook()
+        setup.train_model.register_comm_hook(tracker.hook, LocalNormHook.__call__)
+    return tracker
 
 
 @contextlib.contextmanager
@@ -150,6 +154,25 @@ def batch_norm_buffers_kept(model: nn.Module):
             for module, buffers in saved:
                 for name, value in buffers.items():
                     getattr(module, name).copy_(value)
+
+
+def after_backward(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Tensor,
+                   labels: torch.Tensor, loss_of=None) -> None:
+    """The training step's hook, between backward and the optimizer step. Under torchrun the
+    small gradients are the workers' own (summed up by the DDP hook; their squared norms are
+    averaged over the workers, one scalar all-reduce); in one process one group is recomputed."""
+    due = tracker.due()
+    if tracker.hook is not None:
+        local_sq = tracker.hook.take()  # taken every step, so the next one starts from zero
+        if due:
+            import torch.distributed as dist
+
+            dist.all_reduce(local_sq)
+            local_sq /= dist.get_world_size()
+            params = [p for p in model.parameters() if p.requires_grad]
+            tracker.observe(local_sq, squared_norm([p.grad for p in params]).to(local_sq))
+    elif due:
+        observe_step(tracker, model, images, labels, loss_of)
 
 
 def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Tensor,
@@ -172,9 +195,9 @@ def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Ten
 # ---------------------------------------------------------------------- under torchrun
 class LocalNormHook:
     """A DDP communication hook that adds each bucket's local (pre-all-reduce) squared norm to
-    `local_sq` before averaging as DDP does by default; register it with
-    `ddp_model.register_comm_hook(hook, LocalNormHook.__call__)` and read `take()` after the
-    backward. Then the per-worker gradient is the small batch, the reduced one the big batch."""
+    `local_sq` before averaging as DDP does by default; `attach` registers it with
+    `ddp_model.register_comm_hook(hook, LocalNormHook.__call__)` and `after_backward` reads
+    `take()`. Then the per-worker gradient is the small batch, the reduced one the big batch."""
 
     def __init__(self):
         self.local_sq = None
