@@ -86,7 +86,8 @@ class TrainConfig:
     # ---- run ----
     seed: int = _opt(0, "seeds the weights, the data order and the augmentation")
     device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
-    amp: str = _opt("none", "none | bf16 (autocast, CUDA only)", ("none", "bf16"))
+    amp: str = _opt("none", "none | bf16 (autocast; CUDA, or a CPU with bf16 instructions)",
+                    ("none", "bf16"))
     channels_last: str = _opt("auto", "auto (on: it is faster on CUDA and on CPU) | on | off",
                               ("auto", "on", "off"))
     threads: int = _opt(0, "CPU threads for torch (0 = torch's default)")

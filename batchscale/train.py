@@ -70,8 +70,6 @@ class Setup:
 
 def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
     device = resolve_device(cfg.device)
-    if cfg.amp == "bf16" and device.type != "cuda":
-        raise UserError("amp bf16 needs device cuda")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train, test, classes = load_dataset(cfg.dataset, cfg.data_dir, progress)

@@ -26,7 +26,6 @@ def one_line_error(capsys, argv):
     (["train", "--out", "x", "--batch-size", "100", "--bn-group", "32"], "not a multiple"),
     (["train", "--out", "x", "--optimizer", "adamw"], "optimizer must be one of"),
     (["train", "--out", "x", "--lr", "-1"], "lr must be positive"),
-    (["train", "--out", "x", "--amp", "bf16", "--device", "cpu"], "needs device cuda"),
     (["train", "--out", "x", "--dataset", "/no/such/data.zip"], "neither sample"),
     (["train"], "required: --out"),
     (["nonsense"], "invalid choice"),

@@ -148,6 +148,18 @@ def test_loop_implementation_trains_end_to_end(tmp_path):
     assert summary["memory"]["peak_host_rss_mb"] > 100
 
 
+def test_bf16_autocast_trains_on_cpu_in_lower_precision(tmp_path):
+    """--amp bf16 on CPU (issue 6: 1.6x a width-16 step on AVX512-BF16): the run completes with
+    ghost BN groups, and its losses differ from float32's, so the autocast is really on."""
+    cfg = tiny_config(epochs=1, bn_group=16, amp="bf16")
+    summary = train(cfg, tmp_path / "bf16", quiet=True)
+    plain = train(tiny_config(epochs=1, bn_group=16), tmp_path / "fp32", quiet=True)
+    assert summary["status"] == plain["status"] == "completed"
+    bf16, fp32 = (rundir.read_metrics(tmp_path / name)[0] for name in ("bf16", "fp32"))
+    assert bf16["train_loss"] != fp32["train_loss"]
+    assert abs(bf16["train_loss"] - fp32["train_loss"]) < 0.05 * fp32["train_loss"]
+
+
 def test_real_cifar10_subset_reaches_30_percent(shared_zip, tmp_path):
     cfg = from_dict(dict(dataset=str(shared_zip), width=8, train_subset=5000, epochs=4,
                          batch_size=64, base_batch_size=64, lr=0.1, warmup_epochs=0.5,
