@@ -169,13 +169,19 @@ def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     batch, height, width, channels = images.shape
     padded = images.new_zeros(batch, height + 2 * pad, width + 2 * pad, channels)
     padded[:, pad:pad + height, pad:pad + width] = images
-    cols = torch.arange(width, device=images.device)
-    cols = torch.where(flip[:, None], width - 1 - cols, cols) + dx[:, None]
-    rows = torch.arange(height, device=images.device) + dy[:, None]
-    first_row = torch.arange(batch, device=images.device)[:, None] * (height + 2 * pad)
-    # one flat pixel index per output pixel: a single index_select (3x faster than 3-D indexing)
-    pixel = ((first_row + rows)[:, :, None] * (width + 2 * pad) + cols[:, None, :]).view(-1)
+    pixel = crop_flip_index(dy, dx, flip, height, width, pad)
     return padded.view(-1, channels).index_select(0, pixel).view(batch, height, width, channels)
+
+
+def crop_flip_index(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, height: int,
+                    width: int, pad: int) -> torch.Tensor:
+    """The flat pixel index into the zero-padded batch, one entry per output pixel: a single
+    index_select with it is 3x faster than 3-D advanced indexing."""
+    cols = torch.arange(width, device=dx.device)
+    cols = torch.where(flip[:, None], width - 1 - cols, cols) + dx[:, None]
+    rows = torch.arange(height, device=dy.device) + dy[:, None]
+    first_row = torch.arange(len(dy), device=dy.device)[:, None] * (height + 2 * pad)
+    return ((first_row + rows)[:, :, None] * (width + 2 * pad) + cols[:, None, :]).view(-1)
 
 
 class EpochLoader:

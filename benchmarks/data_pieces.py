@@ -17,7 +17,7 @@ import time
 import torch
 
 from batchscale.bench import save_json
-from batchscale.data import EpochLoader, crop_flip, load_dataset, normalize
+from batchscale.data import EpochLoader, crop_flip, crop_flip_index, load_dataset, normalize
 
 
 def timed(fn, repeats: int) -> float:
@@ -37,15 +37,6 @@ def padded(images: torch.Tensor, pad: int, channels: int) -> torch.Tensor:
     out = images.new_zeros(batch, height + 2 * pad, width + 2 * pad, channels)
     out[:, pad:pad + height, pad:pad + width, :images.shape[3]] = images
     return out
-
-
-def pixel_index(dy, dx, flip, height: int, width: int, pad: int) -> torch.Tensor:
-    """The flat index `crop_flip` builds: one entry per output pixel."""
-    cols = torch.arange(width)
-    cols = torch.where(flip[:, None], width - 1 - cols, cols) + dx[:, None]
-    rows = torch.arange(height) + dy[:, None]
-    first_row = torch.arange(len(dy))[:, None] * (height + 2 * pad)
-    return ((first_row + rows)[:, :, None] * (width + 2 * pad) + cols[:, None, :]).view(-1)
 
 
 def sliced(images, dy, dx, flip, pad: int) -> torch.Tensor:
@@ -74,7 +65,7 @@ def main():
     images = train.images.index_select(0, loader.order[:size])
     dy, dx, flip = loader.dy[:size], loader.dx[:size], loader.flip[:size]
     _, height, width, channels = images.shape
-    index = pixel_index(dy, dx, flip, height, width, pad)
+    index = crop_flip_index(dy, dx, flip, height, width, pad)
     rgb, rgbx = padded(images, pad, channels), padded(images, pad, 4)
     as_int32 = rgbx.view(torch.int32).view(-1)
     reference = crop_flip(images, dy, dx, flip, pad)
@@ -85,7 +76,7 @@ def main():
         "batch() in all": timed(lambda: loader.batch(3), args.repeats),
         "crop_flip in all": timed(lambda: crop_flip(images, dy, dx, flip, pad), args.repeats),
         "  zero-padded copy": timed(lambda: padded(images, pad, channels), args.repeats),
-        "  flat pixel index": timed(lambda: pixel_index(dy, dx, flip, height, width, pad),
+        "  flat pixel index": timed(lambda: crop_flip_index(dy, dx, flip, height, width, pad),
                                     args.repeats),
         "  3-byte pixel gather": timed(lambda: rgb.view(-1, channels).index_select(0, index),
                                        args.repeats),

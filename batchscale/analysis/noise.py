@@ -33,6 +33,7 @@ import contextlib
 import sys
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -165,8 +166,6 @@ def after_backward(tracker: NoiseScaleTracker, model: nn.Module, images: torch.T
     if tracker.hook is not None:
         local_sq = tracker.hook.take()  # taken every step, so the next one starts from zero
         if due:
-            import torch.distributed as dist
-
             dist.all_reduce(local_sq)
             local_sq /= dist.get_world_size()
             params = [p for p in model.parameters() if p.requires_grad]
@@ -207,8 +206,6 @@ class LocalNormHook:
         return value
 
     def __call__(self, bucket):
-        import torch.distributed as dist
-
         buffer = bucket.buffer()
         norm = buffer.detach().double().square().sum()
         self.local_sq = norm if self.local_sq is None else self.local_sq + norm
