@@ -29,11 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from batchscale import rundir
-from batchscale.config import FIELDS, TrainConfig, dump_yaml, from_dict
-from batchscale.data import MEAN, STD, EpochLoader, Split
-from batchscale.models import build_model
-from batchscale.optim import build_optimizer
+from batchscale.config import (
+    FIELDS,
+    TrainConfig,
+    add_config_options,
+    dump_yaml,
+    from_dict,
+    given_fields,
+    load_yaml,
+)
+from batchscale.engine import rundir
+from batchscale.engine.data import MEAN, STD, EpochLoader, Split
+from batchscale.engine.models import build_model
+from batchscale.engine.optim import build_optimizer
+from batchscale.engine.setup import build
+from batchscale.engine.step import compile_model, prepare_input, train_step
+from batchscale.engine.train import Position, StopFlag, finish_epoch, train_epoch
+from batchscale.errors import UserError
 
 # Settings of the issue's targets; any training option given on the command line wins.
 BENCH_DEFAULTS = dict(dataset="sample", width=16, batch_size=128, base_batch_size=128, lr=0.1,
@@ -116,7 +128,6 @@ def endless(loader):
 def bench_train(cfg: TrainConfig, rounds: int = 4, ref_workers: int = 0,
                 run_dir: Path | None = None) -> dict:
     """Alternate one engine epoch (a real run directory) and one reference epoch, `rounds` times."""
-    from batchscale.train import Position, StopFlag, build, compile_model, finish_epoch, train_epoch
 
     cfg = from_dict({**cfg.to_dict(), "epochs": rounds})
     with tempfile.TemporaryDirectory() as scratch:
@@ -185,7 +196,6 @@ def bench_data(split: Split, batch_size: int, rounds: int = 5, device="cpu",
 # ---------------------------------------------------------------------- ghost vs loop
 def bench_ghost(cfg: TrainConfig, steps: int = 4) -> dict:
     """Step time of per-worker BN `ghost` vs `loop` on the same batches, step by step in turn."""
-    from batchscale.train import build, compile_model, prepare_input, train_step
 
     setups = {}
     for impl in ("ghost", "loop"):
@@ -233,7 +243,6 @@ def settings(cfg: TrainConfig, device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------- command line
 def add_bench_parser(commands) -> None:
-    from batchscale.cli import add_config_options
 
     parser = commands.add_parser("bench", help="images/s of the engine vs a plain PyTorch loop")
     parser.add_argument("--what", choices=("train", "data", "ghost", "all"), default="train",
@@ -254,10 +263,6 @@ def add_bench_parser(commands) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from batchscale.cli import given_fields
-    from batchscale.config import load_yaml
-    from batchscale.errors import UserError
-    from batchscale.train import build
 
     if args.rounds < 2:
         raise UserError("--rounds must be at least 2 (the first is warm-up)")

@@ -8,18 +8,28 @@ on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from batchscale import rundir
-from batchscale.config import FIELDS, TrainConfig, from_dict, load_yaml, parse_value
+from batchscale.analysis.commands import add_analyze_parser, analyze_command
+from batchscale.bench import add_bench_parser, bench_command
+from batchscale.config import (
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    add_config_options,
+    from_dict,
+    given_fields,
+    load_yaml,
+    parse_value,
+)
+from batchscale.engine import rundir
+from batchscale.engine.distributed import LAUNCHER_ENV
+from batchscale.engine.train import train
 from batchscale.errors import UserError
-
-# Fields that may change when a run is resumed; every other field must stay as it was.
-RESUMABLE_FIELDS = ("epochs", "device", "threads", "log_every", "eval_batch_size",
-                    "dist_timeout", "compile", "channels_last")  # how, not what, is computed
+from batchscale.results.report import add_report_parser, report_command
+from batchscale.study.expand import add_study_parser
+from batchscale.study.sweep import study_command
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,20 +37,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(message)
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; values are checked by the config itself."""
-    group = parser.add_argument_group("training options (see README for the full table)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default!r})"
-        if isinstance(f.default, bool):
-            group.add_argument(flag, nargs="?", const="true", default=argparse.SUPPRESS,
-                               metavar="BOOL", help=help_text)
-        else:
-            group.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                               help=help_text)
 
 
 def build_parser() -> Parser:
@@ -53,23 +49,11 @@ def build_parser() -> Parser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     add_config_options(train)
-    # -- issue 3: `study` and `report`; their options and logic live in their own modules.
-    from batchscale.report import add_report_parser
-    from batchscale.study import add_study_parser
-
     add_study_parser(commands)
     add_report_parser(commands)
-    from batchscale.analysis import add_analyze_parser  # issue 5
-
     add_analyze_parser(commands)
-    from batchscale.bench import add_bench_parser  # issue 6
-
     add_bench_parser(commands)
     return parser
-
-
-def given_fields(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -90,9 +74,6 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from batchscale.distributed import LAUNCHER_ENV
-    from batchscale.train import train
-
     cfg = train_config(args)
     summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
                     quiet=args.quiet)
@@ -111,35 +92,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_study(args: argparse.Namespace) -> int:  # issue 3
-    from batchscale.sweep import study_command
-
-    return study_command(args)
-
-
-def run_report(args: argparse.Namespace) -> int:  # issue 3
-    from batchscale.report import report_command
-
-    return report_command(args)
-
-
-def run_analyze(args: argparse.Namespace) -> int:  # issue 5
-    from batchscale.analysis import analyze_command
-
-    return analyze_command(args)
-
-
-def run_bench(args: argparse.Namespace) -> int:  # issue 6
-    from batchscale.bench import bench_command
-
-    return bench_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"train": run_train, "study": run_study, "report": run_report,
-                    "analyze": run_analyze, "bench": run_bench}
+        commands = {"train": run_train, "study": study_command, "report": report_command,
+                    "analyze": analyze_command, "bench": bench_command}
         return commands[args.command](args)
     except UserError as err:
         print(f"batchscale: error: {err}", file=sys.stderr)

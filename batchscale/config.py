@@ -6,6 +6,7 @@ rejected, and `validate()` checks the cross-field rules before anything runs (py
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ import yaml
 from batchscale.errors import UserError
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None):
-    """A dataclass field with its help text (and allowed values) kept beside it."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, choices: tuple | None = None, affects_result: bool = True):
+    """A dataclass field with its help text, allowed values, and whether it changes what is
+    computed (False: it changes only how: where, how fast, how often it is shown)."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "affects_result": affects_result})
 
 
 @dataclass
@@ -82,19 +85,26 @@ class TrainConfig:
     sync_bn: bool = _opt(False, "with several workers, batch norm over the global batch instead "
                                 "of each worker's own share (needs bn_group 0)")
     dist_timeout: float = _opt(600.0, "seconds a worker waits for its peers (to join, or in a "
-                                      "collective) before the run ends with an error")
+                                      "collective) before the run ends with an error",
+        affects_result=False)
     # ---- run ----
     seed: int = _opt(0, "seeds the weights, the data order and the augmentation")
-    device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"))
+    device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"),
+        affects_result=False)
     amp: str = _opt("none", "none | bf16 (autocast; CUDA, or a CPU with bf16 instructions)",
                     ("none", "bf16"))
     channels_last: str = _opt("auto", "auto (on: it is faster on CUDA and on CPU) | on | off",
-                              ("auto", "on", "off"))
-    threads: int = _opt(0, "CPU threads for torch (0 = torch's default)")
+                              ("auto", "on", "off"),
+        affects_result=False)
+    threads: int = _opt(0, "CPU threads for torch (0 = torch's default)",
+        affects_result=False)
     compile: bool = _opt(False, "torch.compile the model for training (the first steps pay the "
-                                "compile time; evaluation stays eager)")
-    eval_batch_size: int = _opt(1000, "batch size for evaluation")
-    log_every: int = _opt(20, "steps between progress-bar updates (each one reads the loss)")
+                                "compile time; evaluation stays eager)",
+        affects_result=False)
+    eval_batch_size: int = _opt(1000, "batch size for evaluation",
+        affects_result=False)
+    log_every: int = _opt(20, "steps between progress-bar updates (each one reads the loss)",
+        affects_result=False)
     track_noise_scale: bool = _opt(False, "log the gradient noise scale B_simple per epoch "
                                           "(McCandlish et al.; costs one small-batch pass a step)")
     noise_scale_every: int = _opt(1, "with track_noise_scale: measure it on every N-th step "
@@ -118,6 +128,39 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Fields that change how a run is computed, not what: a study treats runs differing only in
+# these as one, and a resumed run may change them.
+HOW_FIELDS = tuple(name for name, f in FIELDS.items() if not f.metadata["affects_result"])
+# What `--resume` may change: the how-fields, and epochs (a run may be extended).
+RESUMABLE_FIELDS = (*HOW_FIELDS, "epochs")
+
+
+# ---------------------------------------------------------------------- command-line options
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; values are checked by the config itself."""
+    group = parser.add_argument_group("training options (see README for the full table)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default!r})"
+        if isinstance(f.default, bool):
+            group.add_argument(flag, nargs="?", const="true", default=argparse.SUPPRESS,
+                               metavar="BOOL", help=help_text)
+        else:
+            group.add_argument(flag, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                               help=help_text)
+
+
+def given_fields(args: argparse.Namespace) -> dict:
+    """The config fields given as options (those left out are absent)."""
+    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+
+
+def config_flags(cfg: TrainConfig) -> list[str]:
+    """Every field as command-line options: how a config is handed to a child process."""
+    flags = []
+    for name, value in cfg.to_dict().items():
+        flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
 
 
 # ---------------------------------------------------------------------- parsing values

@@ -15,8 +15,9 @@ import time
 import batchscale  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from batchscale.bench import emit
 from batchscale.config import from_dict
-from batchscale.data import EpochLoader
-from batchscale.train import build, compile_model, prepare_input, train_step
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.setup import build
+from batchscale.engine.step import compile_model, prepare_input, train_step
 
 VARIANTS = {"eager_nchw": dict(channels_last="off"), "eager_channels_last": dict(),
             "compiled_channels_last": dict(compile=True)}

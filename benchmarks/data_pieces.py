@@ -17,7 +17,7 @@ import time
 import torch
 
 from batchscale.bench import save_json
-from batchscale.data import EpochLoader, crop_flip, crop_flip_index, load_dataset, normalize
+from batchscale.engine.data import EpochLoader, crop_flip, crop_flip_index, load_dataset, normalize
 
 
 def timed(fn, repeats: int) -> float:

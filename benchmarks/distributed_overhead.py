@@ -26,11 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from batchscale import distributed
 from batchscale.bench import emit
 from batchscale.config import from_dict
-from batchscale.data import EpochLoader
-from batchscale.train import build, prepare_input, train_step
+from batchscale.engine import distributed
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.setup import build
+from batchscale.engine.step import prepare_input, train_step
 
 
 def timed_step(setup, images, labels) -> float:

@@ -16,11 +16,13 @@ import time
 
 import torch
 
-from batchscale.analysis import noise
 from batchscale.bench import save_json
 from batchscale.config import from_dict
-from batchscale.data import EpochLoader
-from batchscale.train import Position, build, prepare_input, train_step
+from batchscale.engine import noise
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.setup import build
+from batchscale.engine.step import prepare_input, train_step
+from batchscale.engine.train import Position
 
 
 def main():

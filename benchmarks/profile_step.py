@@ -11,8 +11,9 @@ import argparse
 from torch.profiler import ProfilerActivity, profile
 
 from batchscale.config import from_dict
-from batchscale.data import EpochLoader
-from batchscale.train import build, compile_model, prepare_input, train_step
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.setup import build
+from batchscale.engine.step import compile_model, prepare_input, train_step
 
 
 def main():

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "batchscale" / "sample" / "cifar10-sample.zip"
+OUT = ROOT / "batchscale" / "engine" / "sample" / "cifar10-sample.zip"
 
 
 def select(names, split, per_class):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from batchscale.analysis import hessian, landscape, noise
+from batchscale.analysis import hessian, landscape
 from batchscale.cli import main
-from batchscale.models import build_model
-from batchscale.rundir import read_metrics
-from batchscale.train import train
+from batchscale.engine import noise
+from batchscale.engine.models import build_model
+from batchscale.engine.rundir import read_metrics
+from batchscale.engine.train import train
 
 from conftest import ROOT, tiny_config
 
@@ -218,7 +219,7 @@ def test_analyze_refuses_a_run_without_checkpoint(trained_run, tmp_path, capsys)
 def test_report_section_reads_the_analysis_files(tmp_path):
     import shutil
 
-    from batchscale.report import write_report
+    from batchscale.results.report import write_report
 
     study = tmp_path / "study"
     shutil.copytree(ROOT / "tests" / "fixtures" / "study-small", study)

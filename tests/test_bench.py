@@ -12,8 +12,9 @@ import torch
 from batchscale.bench import Reference, augment_one, to_tensor
 from batchscale.cli import main
 from batchscale.config import from_dict
-from batchscale.data import Split, crop_flip, normalize
-from batchscale.train import build, forward_loss, prepare_input
+from batchscale.engine.data import Split, crop_flip, normalize
+from batchscale.engine.setup import build
+from batchscale.engine.step import forward_loss, prepare_input
 
 from conftest import tiny_config
 
@@ -64,7 +65,7 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
     train = results["train"]
     assert train["engine_images_per_sec"] > 0 and train["reference_images_per_sec"] > 0
     assert len(train["engine_per_epoch"]) == len(train["reference_per_epoch"]) == 2
-    assert train["engine_settings"]["channels_last"] is True
+    assert train["engine_settings"]["channels_last"] is False  # auto: width 4 < 8 on CPU
     assert results["data"]["engine_batches_per_sec"] > 0
     assert results["ghost"]["batch_size"] == 64 and results["ghost"]["bn_group"] == 16
     assert results["ghost"]["ghost_over_loop"] > 0
@@ -73,8 +74,8 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
 def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):
     """On CPU `ghost` runs whole BN groups per forward pass (issue 6); same loss, same gradients,
     same running statistics as one pass over the batch."""
-    from batchscale import step as train_module
-    from batchscale.models import build_model
+    from batchscale.engine import step as train_module
+    from batchscale.engine.models import build_model
 
     torch.manual_seed(0)
     models = [build_model("resnet18", 4, group_size=4).double() for _ in range(2)]

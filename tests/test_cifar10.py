@@ -1,4 +1,4 @@
-"""Tests for batchscale.cifar10 against a tiny official-format archive on a local HTTP server."""
+"""Tests for batchscale.engine.cifar10 against a tiny official-format archive on a local server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batchscale import cifar10
+from batchscale.engine import cifar10
 from batchscale.errors import UserError
 
 PER_BATCH = 4

@@ -5,7 +5,7 @@ import zipfile
 import pytest
 import torch
 
-from batchscale.data import (
+from batchscale.engine.data import (
     MEAN,
     STD,
     EpochLoader,

@@ -26,13 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from batchscale import distributed, rundir
-from batchscale.analysis import noise
-from batchscale.data import EpochLoader, balanced_subset, load_dataset
+from batchscale.engine import distributed, noise, rundir
+from batchscale.engine.data import EpochLoader, balanced_subset, load_dataset
+from batchscale.engine.optim import set_lr
+from batchscale.engine.setup import build
+from batchscale.engine.step import forward_loss, train_step
+from batchscale.engine.train import Position, train
 from batchscale.errors import UserError
-from batchscale.optim import set_lr
-from batchscale.step import forward_loss
-from batchscale.train import Position, build, train, train_step
 
 from conftest import ROOT, tiny_config
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchscale.config import from_dict
-from batchscale.models import build_model
-from batchscale.norm import GhostBatchNorm2d
-from batchscale.train import forward_loss
+from batchscale.engine.models import build_model
+from batchscale.engine.norm import GhostBatchNorm2d
+from batchscale.engine.step import forward_loss
 
 
 def _setup(impl, model):

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchscale.config import from_dict
-from batchscale.data import eval_batches
+from batchscale.engine.data import eval_batches
+from batchscale.engine.optim import build_optimizer
+from batchscale.engine.schedule import LearningRatePlan
+from batchscale.engine.setup import build
+from batchscale.engine.step import forward_loss
+from batchscale.engine.train import train
 from batchscale.errors import UserError
-from batchscale.optim import build_optimizer
-from batchscale.schedule import LearningRatePlan
-from batchscale.train import build, forward_loss, train
 
 from conftest import tiny_config
 
@@ -230,7 +232,7 @@ def test_lamb_run_resumes_exactly(tmp_path):
 
 # ---------------------------------------------------------------------- presets
 def test_beyond_presets_settings():
-    from batchscale.study import expand, load_preset, settings
+    from batchscale.study.expand import expand, load_preset, settings
 
     mini = {(r.recipe, r.batch_size): settings(r) for r in expand(load_preset("beyond-mini"))}
     sizes = sorted({b for _, b in mini})

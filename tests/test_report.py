@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchscale import published
 from batchscale.cli import main
-from batchscale.report import write_report
+from batchscale.results import published
+from batchscale.results.report import write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study-small"
 
@@ -96,7 +96,7 @@ def test_scaling_limit_is_the_largest_batch_within_one_percent(report):
 
 
 def test_study_limits_from_the_published_tables():
-    from batchscale.limit import largest_within, study_limit
+    from batchscale.results.limits import largest_within, study_limit
 
     # Table I falls to 0.8571 at 256 (> 1% below 0.8833); Table III holds 0.8759 at 2048
     assert study_limit("I") == (128, 0.8833)

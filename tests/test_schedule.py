@@ -5,7 +5,7 @@ import math
 import pytest
 
 from batchscale.config import from_dict
-from batchscale.schedule import plan_from_config
+from batchscale.engine.schedule import plan_from_config
 
 STUDY = dict(lr=0.025, base_batch_size=32, epochs=200, decay_every=50, decay_factor=0.1)
 N = 50_000  # CIFAR-10 training images

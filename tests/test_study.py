@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from batchscale import rundir
 from batchscale.cli import main
 from batchscale.config import from_dict
+from batchscale.engine import rundir
+from batchscale.engine.train import train
 from batchscale.errors import UserError
-from batchscale.study import (
+from batchscale.study.expand import (
     dry_run_table,
     expand,
     load_preset,
@@ -23,8 +24,7 @@ from batchscale.study import (
     train_images,
     unique_runs,
 )
-from batchscale.sweep import execute
-from batchscale.train import train
+from batchscale.study.sweep import execute
 
 TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500}
 

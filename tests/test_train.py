@@ -10,10 +10,10 @@ import time
 import pytest
 import yaml
 
-from batchscale import checkpoint, rundir
 from batchscale.config import from_dict
+from batchscale.engine import checkpoint, rundir
+from batchscale.engine.train import train
 from batchscale.errors import UserError
-from batchscale.train import train
 
 from conftest import ROOT, tiny_config
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from batchscale.analysis.landscape import load_run, stacked
+
 RESULT_FILE = "hessian.json"
 DEFAULT_TOL, DEFAULT_MAX_ITERS, DEFAULT_IMAGES = 1e-3, 100, 1000
 
@@ -89,8 +91,6 @@ def analyze_run(run_dir: Path, images: int = DEFAULT_IMAGES, tol: float = DEFAUL
                 max_iters: int = DEFAULT_MAX_ITERS, seed: int = 0, device: str = "auto",
                 chunk: int = 500) -> dict:
     """Top Hessian eigenvalue of a run's final weights; written to RUN_DIR/hessian.json."""
-    from batchscale.analysis.landscape import load_run, stacked
-
     run = load_run(run_dir, device)
     sample = run.train_sample(images, seed)
     x, y = stacked(sample)

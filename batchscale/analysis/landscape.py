@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from batchscale import checkpoint, rundir
 from batchscale.config import TrainConfig, load_yaml
-from batchscale.data import Split, balanced_subset, eval_batches, load_dataset
+from batchscale.engine import checkpoint, rundir
+from batchscale.engine.data import Split, balanced_subset, eval_batches, load_dataset
+from batchscale.engine.models import build_model
+from batchscale.engine.setup import resolve_device
 from batchscale.errors import UserError
-from batchscale.models import build_model
 
 RESULT_FILE = "landscape.json"
 SHARPNESS_ALPHA = 0.5
@@ -64,8 +65,6 @@ def check_run_dir(run_dir: Path) -> None:
 
 def load_run(run_dir: Path, device: str = "auto", data_cache: dict | None = None) -> LoadedRun:
     """A run's final (checkpointed) model in eval mode, with its training and test splits."""
-    from batchscale.train import resolve_device
-
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     cfg = load_yaml(run_dir / rundir.CONFIG)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from batchscale.checkpoint import atomic_write
+from batchscale.engine.checkpoint import atomic_write
 from batchscale.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+STUDY_PLAN = "study.yaml"  # a study folder's expanded plan, beside its run directories
 FINAL_STATUSES = ("completed", "diverged")
 
 

@@ -4,7 +4,7 @@
 Both give every weight tensor ("layer") its own step size from the ratio of the norm of its
 weights to the norm of its update, so that no layer moves by much more than a set fraction of its
 own size however large the global rate grows. Groups whose `adapt` is False (batch-norm scales
-and shifts, biases — the `bn_and_bias` group of `batchscale.optim`) are excluded from that
+and shifts, biases — the `bn_and_bias` group of `batchscale.engine.optim`) are excluded from that
 adaptation and from weight decay, as is customary: they take a plain momentum-SGD step (LARS) or
 a plain Adam step (LAMB).
 

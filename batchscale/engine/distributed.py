@@ -22,6 +22,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,10 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from batchscale import rundir
+from batchscale.config import config_flags
+from batchscale.engine import rundir
 from batchscale.errors import UserError
 
 LAUNCHER_ENV = "BATCHSCALE_LAUNCHER"  # set by `--workers`: the launcher prints the closing line
+FILE_STORE_ENV = "BATCHSCALE_FILE_STORE"  # set by `--workers`: the workers meet in this file
 
 
 # ---------------------------------------------------------------------- the environment
@@ -104,6 +108,7 @@ def process_group(cfg):
     check_world(cfg, world.size)
     cuda = _uses_cuda(cfg)
     if cuda:
+        check_devices(cfg, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
         torch.cuda.set_device(world.local_rank)
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     timeout = timedelta(seconds=cfg.dist_timeout)
@@ -130,6 +135,8 @@ def _attempt_store(world: World, timeout: timedelta):
     the restart count names the attempt on every worker, so a prefix keeps attempts apart;
     across machines it does not, and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 is the cure."""
     env = os.environ
+    if env.get(FILE_STORE_ENV):  # batchscale's own one-machine launcher: nothing listens
+        return dist.FileStore(env[FILE_STORE_ENV], world.size)
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE") != "1":
         return None
     store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world.size,
@@ -273,48 +280,86 @@ def reduce_meter(meter) -> None:
 
 
 # ---------------------------------------------------------------------- the --workers launcher
-def config_flags(cfg) -> list[str]:
-    """Every config field as command-line options."""
-    flags = []
-    for name, value in cfg.to_dict().items():
-        flags += ["--" + name.replace("_", "-"), str(value)]
-    return flags
-
-
 def launch(cfg, out: Path, *, resume: bool, overwrite: bool, quiet: bool) -> dict:
-    """Run `batchscale train` in `cfg.workers` processes under torchrun on this machine; wait,
-    and return the run's summary. SIGTERM is passed on to torchrun (which stops the workers
-    at their next check, with a checkpoint); SIGINT from a terminal reaches them directly."""
+    """Run `batchscale train` in `cfg.workers` processes on this machine; wait, and return the
+    run's summary.
+
+    The workers meet through a file store in a private temporary folder (no TCP store), and gloo
+    (CPU) or NCCL (CUDA) are pinned to the loopback interface: nothing of a one-machine run
+    listens beyond 127.0.0.1. One worker failing stops the others. SIGTERM is passed on to every
+    worker (each stops at its next check, with a checkpoint); SIGINT from a terminal reaches them
+    directly."""
     check_world(cfg, cfg.workers)
+    check_devices(cfg, cfg.workers)
     rundir.check(out, resume, overwrite)
-    # --local-addr: the workers meet on 127.0.0.1, whatever the hostname resolves to
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--local-addr", "127.0.0.1", "--nproc-per-node", str(cfg.workers),
-               "-m", "batchscale", "train",
-               "--out", str(out), *config_flags(cfg)]
+    command = [sys.executable, "-m", "batchscale", "train", "--out", str(out),
+               *config_flags(cfg)]
     command += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite),
                                       ("--quiet", quiet)) if on]
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
-    env = {"OMP_NUM_THREADS": str(threads), **os.environ, LAUNCHER_ENV: "1"}
-    process = subprocess.Popen(command, env=env)
-    received = []
-
-    def forward(signum, frame):
-        received.append(signum)
-        if signum == signal.SIGTERM:
-            process.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = process.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with tempfile.TemporaryDirectory(prefix="batchscale-store-") as folder:
+        env = {"OMP_NUM_THREADS": str(threads), **os.environ, LAUNCHER_ENV: "1",
+               FILE_STORE_ENV: str(Path(folder) / "store"), **loopback_env(),
+               "WORLD_SIZE": str(cfg.workers), "LOCAL_WORLD_SIZE": str(cfg.workers),
+               "MASTER_ADDR": "127.0.0.1"}
+        workers = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+                   for r in range(cfg.workers)]
+        code, received = _wait_all(workers)
     summary_path = Path(out) / rundir.SUMMARY
     summary = rundir.read_json(summary_path) if summary_path.exists() else {}
     if summary.get("status") == "interrupted":
         summary["signal"] = received[-1] if received else signal.SIGTERM
     elif code != 0 or summary.get("status") not in rundir.FINAL_STATUSES:
-        raise UserError(f"the {cfg.workers} workers failed (torchrun exit code {code}); "
+        raise UserError(f"the {cfg.workers} workers failed (exit code {code}); "
                         f"see their messages above")
     return summary
+
+
+def loopback_env() -> dict:
+    """Pin gloo's and NCCL's sockets to the loopback interface, where this machine has one."""
+    if not Path("/sys/class/net/lo").exists():
+        return {}
+    return {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+
+
+def _wait_all(workers: list[subprocess.Popen], grace_s: float = 30.0) -> tuple[int, list[int]]:
+    """Wait for every worker; the first to fail has the others terminated (then killed after
+    `grace_s`). Returns (the first non-zero exit code or 0, the signals this process received)."""
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    code, deadline = 0, None
+    try:
+        while any(worker.poll() is None for worker in workers):
+            failed = [w.returncode for w in workers if w.returncode not in (None, 0)]
+            if failed and not code:
+                code, deadline = failed[0], time.monotonic() + grace_s
+                for worker in workers:
+                    if worker.poll() is None:
+                        worker.terminate()
+            if deadline is not None and time.monotonic() > deadline:
+                for worker in workers:
+                    worker.kill()
+            time.sleep(0.05)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code or next((w.returncode for w in workers if w.returncode), 0), received
+
+
+def check_devices(cfg, workers: int) -> None:
+    """With CUDA, one GPU per worker: fewer visible GPUs than workers is a user error."""
+    if not _uses_cuda(cfg):
+        return
+    visible = torch.cuda.device_count()
+    if visible < workers:
+        raise UserError(f"{workers} workers need {workers} GPUs, torch sees {visible}; run them "
+                        "on the CPU (--device cpu), or simulate the per-worker batch norm in "
+                        f"one process (--workers 0 --bn-group {cfg.batch_size // workers})")

@@ -9,8 +9,8 @@ factor over the smallest batch, the number that compares across scales.
 
 from __future__ import annotations
 
-from batchscale import published
-from batchscale.report import mean_std
+from batchscale.results import published
+from batchscale.results.collect import mean_std
 
 TOLERANCE = 0.01
 STUDY_BASE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II) at B = 32

@@ -184,10 +184,35 @@ def ensure_archive(
 # --------------------------------------------------------------------------- parsing
 
 
+# What the official batches hold besides dicts, lists, bytes, strings and ints: numpy's array
+# reconstruction, and the bytes codec that protocol-2 pickles written by Python 3 use.
+ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class RefusedGlobal(Exception):
+    """A pickle asked for something a CIFAR-10 batch never holds."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only ALLOWED_GLOBALS: a crafted member runs no code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(f, name: str, source: Path) -> dict:
-    """Unpickle one CIFAR member (Python 2 pickle, so ``encoding="bytes"``)."""
+    """Unpickle one CIFAR member (Python 2 pickle, so ``encoding="bytes"``), allowing only what
+    the official batches hold."""
     try:
-        obj = pickle.load(f, encoding="bytes")
+        obj = _CifarUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise UserError(f"{source}: member {name} holds {e}, which no CIFAR-10 batch holds; "
+                        "refused unopened (loading it could run code)") from None
     except Exception as e:  # noqa: BLE001 (a corrupt pickle or gzip stream can raise anything)
         raise UserError(f"{source}: member {name} is corrupt ({_one_line(e)})") from None
     if not isinstance(obj, dict):

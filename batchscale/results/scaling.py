@@ -1,6 +1,6 @@
 """The report section "Why couldn't we scale further?", from files in the run directories:
 RUN_DIR/landscape.json and RUN_DIR/hessian.json (`batchscale analyze ...`) and the noise_*
-fields of metrics.jsonl (`--track-noise-scale`). `batchscale.report.write_report` calls
+fields of metrics.jsonl (`--track-noise-scale`). `batchscale.results.report.write_report` calls
 `scaling_section`; it returns no lines when none of these was measured and no run diverged.
 """
 
@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+
+from batchscale.analysis.landscape import loss_ceiling
+from batchscale.results.collect import collect
 
 DROP = 0.01  # "accuracy starts to drop": mean final test accuracy this far below the smallest B's
 
@@ -76,8 +79,6 @@ def divergences(out: Path, grouped) -> list[str]:
     runs = {r.directory: r for cells in grouped.values() for c in cells for r in c.runs}
     sibling = out.parent / "diverge4096"
     if sibling.is_dir() and sibling.resolve() != out.resolve():
-        from batchscale.report import collect
-
         try:
             runs.update({f"../diverge4096/{r.directory}": r for r in collect(sibling)[1]})
         except Exception:  # an unreadable sibling study is not this report's failure
@@ -122,7 +123,6 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
                             [statistics.fmean(s[i] for s in found) for i in range(length)],
                             label=f"B = {cell.batch_size}")
             if key == "landscapes":
-                from batchscale.analysis.landscape import loss_ceiling
 
                 curves = [(line.get_xdata(), line.get_ydata()) for line in ax.get_lines()]
                 if curves:

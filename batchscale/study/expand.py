@@ -9,7 +9,7 @@ A run lives in `<out>/<recipe>/b<B>/seed<S>`. Runs that are already `completed` 
 skipped and unfinished ones resumed, so rerunning the same command continues a sweep. Runs whose
 settings are identical (a recipe at its base batch size, where scaling, warmup and per-worker BN
 change nothing) are trained once and shown in every recipe that has them. Execution is in
-`batchscale.sweep`.
+`batchscale.study.sweep`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import yaml
 
-from batchscale import rundir
-from batchscale.config import TrainConfig, from_dict, parse_value
+from batchscale.config import HOW_FIELDS, TrainConfig, from_dict, parse_value
+from batchscale.engine import rundir
 from batchscale.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PLAN_FILE = "study.yaml"  # the expanded plan, written at the top of a sweep's directory
+PLAN_FILE = rundir.STUDY_PLAN  # the expanded plan, written at the top of a sweep's directory
 PRESET_KEYS = {"description", "extends", "config", "recipes", "use_recipes", "batch_sizes",
                "seeds", "published_batch_factor", "notes"}
 KNOWN_TRAIN_IMAGES = {"sample": 5000, "cifar10": 50000}
@@ -99,7 +99,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 def equivalence_key(cfg: TrainConfig) -> tuple:
     """Settings that decide the training: fields that change nothing are normalized away."""
     values = cfg.to_dict()
-    for name in ("threads", "device", "log_every", "eval_batch_size"):
+    for name in HOW_FIELDS:
         values.pop(name)
     if cfg.peak_lr == cfg.lr:  # no scaling at this B: warmup ramps from lr to lr
         values.update(scale_rule="none", warmup_epochs=0.0, base_batch_size=0)
@@ -228,7 +228,7 @@ def plan_document(preset: dict, runs: list[Run]) -> dict:
 
 # ---------------------------------------------------------------------- command line
 def add_study_parser(commands) -> None:
-    """The `study` subcommand's options (run by batchscale.sweep.study_command)."""
+    """The `study` subcommand's options (run by batchscale.study.sweep.study_command)."""
     study = commands.add_parser("study", help="run a preset's sweep of runs, then its report")
     study.add_argument("preset", nargs="?", help="a preset name (see --list)")
     study.add_argument("--list", action="store_true", help="list the presets and exit")

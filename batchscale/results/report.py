@@ -4,7 +4,8 @@
     batchscale report runs/mini --target 0.5    # steps-to-target at test accuracy 0.5
 
 Tables follow the study's Appendix C/D: final test and train accuracy per batch size per recipe,
-mean ± std over seeds, the study's published number beside each (from `batchscale.published`)
+mean ± std over seeds, the study's published number beside each (from
+`batchscale.results.published`)
 and the difference. Diverged runs are marked with the step where they diverged. A closing
 sentence says, from the numbers, whether the study's ordering at the largest batch holds.
 """
@@ -13,119 +14,23 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from batchscale import published, rundir
-from batchscale.errors import UserError
+from batchscale.results.collect import (
+    Cell,
+    RunResult,
+    cells,
+    collect,
+    fmt_mean_std,
+    mean_std,
+    peak_lr,
+    published_row,
+)
+from batchscale.results.figures import write_figures
+from batchscale.results.limits import limit_lines
+from batchscale.results.scaling import scaling_section
 
 SGD_ORDER = ("trivial", "linear+warmup", "per-worker-bn")  # the study's ordering, worst first
-
-
-@dataclass
-class RunResult:
-    recipe: str
-    batch_size: int
-    seed: int
-    directory: str
-    config: dict
-    summary: dict
-    metrics: list[dict]
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unfinished")
-
-    @property
-    def final(self) -> dict:
-        """The last epoch's metrics row (the study reports the final epoch)."""
-        return self.metrics[-1] if self.metrics else {}
-
-
-@dataclass
-class Cell:
-    """The runs of one recipe at one batch size."""
-
-    recipe: str
-    batch_size: int
-    runs: list[RunResult]
-
-    @property
-    def completed(self) -> list[RunResult]:
-        return [r for r in self.runs if r.status == "completed" and r.metrics]
-
-    def values(self, key: str) -> list[float]:
-        return [r.final[key] for r in self.completed]
-
-
-# ---------------------------------------------------------------------- reading
-def _load_run(out: Path, recipe: str, directory: str, seed: int | None = None) -> RunResult:
-    path = out / directory
-    config = yaml.safe_load((path / rundir.CONFIG).read_text()) or {}
-    summary_path = path / rundir.SUMMARY
-    summary = rundir.read_json(summary_path) if summary_path.exists() else {}
-    return RunResult(recipe, int(config["batch_size"]),
-                     int(config["seed"]) if seed is None else seed, directory, config,
-                     summary, rundir.read_metrics(path))
-
-
-def collect(out: Path) -> tuple[dict, list[RunResult]]:
-    """The sweep's plan (study.yaml, if any) and every run directory that has a config."""
-    out = Path(out)
-    if not out.is_dir():
-        raise UserError(f"no study directory {out}")
-    plan_path = out / "study.yaml"
-    if plan_path.exists():
-        plan = yaml.safe_load(plan_path.read_text()) or {}
-        results = [_load_run(out, r["recipe"], r["directory"], r["seed"])
-                   for r in plan.get("runs", []) if (out / r["directory"] / rundir.CONFIG).exists()]
-    else:
-        plan = {}
-        found = [p.parent.relative_to(out) for p in sorted(out.rglob(rundir.CONFIG))]
-        results = [_load_run(out, rel.parts[0], rel.as_posix()) for rel in found]
-    if not results:
-        raise UserError(f"{out} holds no run directories (no {rundir.CONFIG} below it)")
-    return plan, results
-
-
-def cells(results: list[RunResult]) -> dict[str, list[Cell]]:
-    """Results grouped by recipe (in order of appearance), then by batch size."""
-    grouped: dict[str, dict[int, list[RunResult]]] = {}
-    for r in results:
-        grouped.setdefault(r.recipe, {}).setdefault(r.batch_size, []).append(r)
-    return {recipe: [Cell(recipe, b, runs) for b, runs in sorted(by_batch.items())]
-            for recipe, by_batch in grouped.items()}
-
-
-# ---------------------------------------------------------------------- numbers
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def fmt_mean_std(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    if mean is None:
-        return "—"
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-
-
-def published_row(plan: dict, cell: Cell):
-    table = plan.get("recipes", {}).get(cell.recipe, {}).get("published")
-    if not table:
-        return None
-    factor = plan.get("published_batch_factor", 1)
-    first = cell.runs[0].config
-    lr = first["lr"] * _scale(first) if factor == 1 else None
-    return published.lookup(table, int(cell.batch_size * factor), lr, first["weight_decay"])
-
-
-def _scale(config: dict) -> float:
-    k = config["batch_size"] / config["base_batch_size"]
-    return {"none": 1.0, "linear": k, "sqrt": math.sqrt(k)}[config["scale_rule"]]
 
 
 def _diff(values: list[float], reference: float | None) -> str:
@@ -161,7 +66,7 @@ def recipe_table(plan: dict, recipe: str, row_cells: list[Cell]) -> list[str]:
         test, train = cell.values("test_acc"), cell.values("train_acc")
         study_test = row.test_acc if row else None
         study_train = row.train_acc if row else None
-        lr = cell.runs[0].config["lr"] * _scale(cell.runs[0].config)
+        lr = peak_lr(cell.runs[0].config)
         lines.append(
             f"| {cell.batch_size} | {lr:.4g} | {len(cell.completed)}/{len(cell.runs)} | "
             f"{fmt_mean_std(test)} | {_num(study_test)} | {_diff(test, study_test)} | "
@@ -243,9 +148,6 @@ def settings_lines(results: list[RunResult]) -> list[str]:
 
 def write_report(out: Path, target: float | None = None) -> Path:
     """Write report.md and the figures into `out`; return the report's path."""
-    from batchscale.analysis.report_section import scaling_section  # issue 5
-    from batchscale.figures import write_figures
-    from batchscale.limit import limit_lines
 
     out = Path(out)
     plan, results = collect(out)

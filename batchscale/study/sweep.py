@@ -20,11 +20,22 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from batchscale import rundir
-from batchscale.cli import RESUMABLE_FIELDS
-from batchscale.config import load_yaml
+from batchscale.config import RESUMABLE_FIELDS, config_flags, load_yaml
+from batchscale.engine import rundir
 from batchscale.errors import UserError
-from batchscale.study import PLAN_FILE, Run, run_state, unique_runs
+from batchscale.results.report import write_report
+from batchscale.study.expand import (
+    PLAN_FILE,
+    Run,
+    dry_run_table,
+    expand,
+    list_presets,
+    load_preset,
+    parse_overrides,
+    plan_document,
+    run_state,
+    unique_runs,
+)
 
 POLL_S = 0.5
 
@@ -48,9 +59,8 @@ def train_command(run: Run, directory: Path, resume: bool) -> list[str]:
     if resume:
         return command + ["--resume", "--threads", str(run.cfg.threads),
                           "--epochs", str(run.cfg.epochs)]
-    for name, value in run.cfg.to_dict().items():
-        command += ["--" + name.replace("_", "-"), str(value)]
-    return command + ["--overwrite"]  # a directory without config.yaml holds nothing to keep
+    # a directory without config.yaml holds nothing to keep
+    return command + config_flags(run.cfg) + ["--overwrite"]
 
 
 @dataclass
@@ -183,15 +193,6 @@ def _stop_all(active: list[Active], out: Path, counts: dict, bar) -> None:
 # ---------------------------------------------------------------------- command line
 def study_command(args) -> int:
     """`batchscale study`: list, dry-run, or run a preset's sweep and write its report."""
-    from batchscale.study import (
-        dry_run_table,
-        expand,
-        list_presets,
-        load_preset,
-        parse_overrides,
-        plan_document,
-    )
-
     if args.list:
         print(list_presets())
         return 0
@@ -212,7 +213,5 @@ def study_command(args) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     if not args.no_report:
-        from batchscale.report import write_report
-
         print(f"report: {write_report(out)}")
     return 1 if counts["failed"] else 0

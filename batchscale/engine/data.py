@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from batchscale import cifar10
+from batchscale.engine import cifar10
 from batchscale.errors import UserError
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.zip"
@@ -31,6 +32,12 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SIZE = (32, 32, 3)  # height, width, channels of every image the models take
+# A zip is refused before anything is decoded if a member would decompress to more than
+# MAX_MEMBER_BYTES or all of them to more than MAX_ZIP_BYTES (a CIFAR-10 JPEG is ~1-2 KB; the
+# whole set ~150 MB as raw pixels). zipfile stops a member at its declared size, so the bound holds.
+MAX_MEMBER_BYTES = 1 << 20
+MAX_ZIP_BYTES = 4 << 30
 
 
 @dataclass
@@ -46,10 +53,33 @@ class Split:
 
 
 # ---------------------------------------------------------------------- image folders
-def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
+def _decode(data: bytes, name: str) -> np.ndarray:
+    try:
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"image {name} cannot be decoded: {err}".splitlines()[0]) from None
+    if pixels.shape != IMAGE_SIZE:
+        raise UserError(f"image {name} is {pixels.shape[1]}x{pixels.shape[0]}; every image "
+                        f"must be {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]} RGB")
+    return pixels
 
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+def check_zip_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before decoding anything, a zip with a member name outside its root or members
+    that would decompress past MAX_MEMBER_BYTES each or MAX_ZIP_BYTES together."""
+    total = 0
+    for member in members:
+        parts = member.filename.replace("\\", "/").split("/")
+        if member.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise UserError(f"{path}: member name {member.filename!r} leaves the archive's root; "
+                            "refused")
+        if member.file_size > MAX_MEMBER_BYTES:
+            raise UserError(f"{path}: member {member.filename} would decompress to "
+                            f"{member.file_size} bytes (bound {MAX_MEMBER_BYTES}); refused")
+        total += member.file_size
+    if total > MAX_ZIP_BYTES:
+        raise UserError(f"{path}: members would decompress to {total} bytes (bound "
+                        f"{MAX_ZIP_BYTES}); refused")
 
 
 def _folder_entries(names: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -64,7 +94,10 @@ def _folder_entries(names: list[str]) -> dict[str, list[tuple[str, str]]]:
 
 def _build_split(entries: list[tuple[str, str]], classes: list[str], read) -> Split:
     index = {c: i for i, c in enumerate(classes)}
-    images = np.stack([_decode(read(name)) for _, name in entries])
+    unknown = sorted({c for c, _ in entries} - index.keys())
+    if unknown:
+        raise UserError(f"test class(es) {', '.join(unknown)} have no training images")
+    images = np.stack([_decode(read(name), name) for _, name in entries])
     labels = np.array([index[c] for c, _ in entries], dtype=np.int64)
     return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
@@ -77,6 +110,7 @@ def read_image_folder(path: Path) -> tuple[Split, Split, list[str]]:
             entries = _folder_entries(names)
             return _splits_from(entries, lambda n: (path / n).read_bytes())
         with zipfile.ZipFile(path) as archive:
+            check_zip_members(path, archive.infolist())
             entries = _folder_entries(archive.namelist())
             return _splits_from(entries, archive.read)
     except (zipfile.BadZipFile, OSError) as err:

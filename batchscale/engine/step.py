@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from batchscale.analysis import noise as noise_scale
-from batchscale.data import Split, eval_batches
-
-if TYPE_CHECKING:
-    from batchscale.train import Setup
+from batchscale.engine import noise as noise_scale
+from batchscale.engine.data import Split, eval_batches
+from batchscale.engine.setup import Setup
 
 
 def autocast(setup: Setup):

@@ -13,7 +13,7 @@ from functools import partial
 
 from torch import nn
 
-from batchscale.norm import GhostBatchNorm2d
+from batchscale.engine.norm import GhostBatchNorm2d
 
 
 class BasicBlock(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from batchscale.lars import build_lamb, build_lars
+from batchscale.engine.lars import build_lamb, build_lars
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -1,6 +1,6 @@
 """The study's own Appendix C/D tables (I–VII) as data, for side-by-side comparison.
 
-    python -c "from batchscale.published import rows; print(rows('III'))"
+    python -c "from batchscale.results.published import rows; print(rows('III'))"
 
 The numbers live in `published/published-tables.csv` inside the package (a copy of the seed
 transcription: one row per published result, accuracies as fractions, empty train_acc where the

@@ -20,72 +20,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from batchscale import checkpoint, distributed, rundir
-from batchscale.analysis import noise as noise_scale
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.data import EpochLoader, Split, balanced_subset, load_dataset
+from batchscale.engine import checkpoint, distributed, rundir
+from batchscale.engine import noise as noise_scale
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.optim import set_lr
+from batchscale.engine.setup import Setup, build
+from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, train_step
 from batchscale.errors import UserError
-from batchscale.models import build_model
-from batchscale.optim import build_optimizer, set_lr
-from batchscale.schedule import LearningRatePlan, plan_from_config
-from batchscale.step import (  # noqa: F401  (re-exported: the step's API lives on here too)
-    Meter,
-    autocast,
-    compile_model,
-    evaluate,
-    forward_chunk,
-    forward_loss,
-    prepare_input,
-    train_step,
-    training_module,
-)
-
-
-# ---------------------------------------------------------------------- set-up
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-@dataclass
-class Setup:
-    """Everything a run is made of, built from a config."""
-
-    cfg: TrainConfig
-    device: torch.device
-    train: Split
-    test: Split
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    plan: LearningRatePlan
-    channels_last: bool
-    world_size: int = 1
-    rank: int = 0
-    train_model: torch.nn.Module | None = None  # issue 4: the DDP wrapper with several workers
-    noise: noise_scale.NoiseScaleTracker | None = None  # issue 5: with cfg.track_noise_scale
-
-
-def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    train, test, classes = load_dataset(cfg.dataset, cfg.data_dir, progress)
-    train = balanced_subset(train, cfg.train_subset, cfg.seed)
-    if cfg.batch_size > len(train):
-        raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
-                        cfg.group_size if cfg.bn_impl == "ghost" else 0)
-    channels_last = cfg.channels_last != "off"  # issue 6: auto is on for CPU too (1.4x there)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else
-                     torch.contiguous_format)
-    optimizer = build_optimizer(cfg, model)
-    plan = plan_from_config(cfg, len(train) // cfg.batch_size)
-    return Setup(cfg, device, train.to(device), test.to(device), model, optimizer, plan,
-                 channels_last, world_size, rank)
 
 
 # ---------------------------------------------------------------------- stopping on a signal

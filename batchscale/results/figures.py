@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend), drawn from run directories' metrics.
 
-    batchscale report runs/demo     # calls write_figures; see batchscale.report
+    batchscale report runs/demo     # calls write_figures; see batchscale.results.report
 
 curves.png            test and train accuracy vs epoch, a line per batch size, a panel per recipe
                       (as the study's Figs. 2-4)
@@ -17,9 +17,13 @@ import statistics
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from batchscale.engine import rundir  # noqa: E402
+from batchscale.results.collect import mean_std, published_row  # noqa: E402
 
 DPI = 110
 
@@ -72,8 +76,6 @@ def plot_curves(grouped, path: Path) -> None:
 
 
 def plot_final_vs_batch(grouped, plan, path: Path) -> None:
-    from batchscale.report import mean_std, published_row
-
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for recipe, cells in grouped.items():
         points = [(c.batch_size, *mean_std(c.values("test_acc"))) for c in cells if c.completed]
@@ -136,9 +138,7 @@ def plot_steps_to_target(grouped, target: float, path: Path) -> None:
 
 def write_figures(out: Path, grouped, target: float | None):
     """Draw every figure into `out`; return ([(file name, caption)], the target used)."""
-    import yaml
-
-    plan_path = out / "study.yaml"
+    plan_path = out / rundir.STUDY_PLAN
     plan = yaml.safe_load(plan_path.read_text()) if plan_path.exists() else {}
     target = target if target is not None else default_target(grouped)
     figures = [("curves.png", "Test (top) and train (bottom) accuracy vs epoch, mean over "

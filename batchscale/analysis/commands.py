@@ -1,0 +1,102 @@
+"""Why scaling breaks: loss landscape, Hessian sharpness, gradient noise scale (issue 5).
+
+    batchscale analyze landscape RUN_DIR [RUN_DIR ...]   # RUN_DIR/landscape.json, + figure
+    batchscale analyze landscape RUN_A RUN_B --interpolate
+    batchscale analyze hessian RUN_DIR [RUN_DIR ...]     # RUN_DIR/hessian.json
+    batchscale train ... --track-noise-scale             # noise_* fields in metrics.jsonl
+
+`batchscale report` then adds the section "Why couldn't we scale further?" from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from batchscale.analysis import hessian, landscape
+from batchscale.errors import UserError
+
+
+def add_analyze_parser(commands) -> None:
+    analyze = commands.add_parser("analyze", help="loss landscape and Hessian sharpness of runs")
+    kinds = analyze.add_subparsers(dest="analysis", required=True,
+                                   parser_class=type(analyze))
+    common = {"--device": dict(default="auto", choices=("auto", "cpu", "cuda")),
+              "--threads": dict(type=int, default=0, help="CPU threads (0 = torch's default)")}
+    land = kinds.add_parser("landscape", help="1-D filter-normalized loss slices (Li et al. "
+                            "2018) of runs, or the path between two runs")
+    land.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    land.add_argument("--interpolate", action="store_true",
+                      help="the linear path from the first run's weights to the second's")
+    land.add_argument("--points", type=int, help="α values (default 51; 41 with --interpolate)")
+    land.add_argument("--direction-seed", type=int, default=0)
+    land.add_argument("--include-1d", action="store_true",
+                      help="also move BN scales/shifts and biases (default: direction 0 there)")
+    land.add_argument("--train-images", type=int, default=1000,
+                      help="fixed class-balanced sample of each run's training images (0 = all)")
+    land.add_argument("--test-images", type=int, default=0, help="0 = the whole test split")
+    land.add_argument("--out", help="folder for the figure and the JSON of all curves "
+                      "(default: the runs' common parent folder)")
+    hess = kinds.add_parser("hessian", help="top eigenvalue of the training-loss Hessian")
+    hess.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    hess.add_argument("--images", type=int, default=1000, help="training images in the sample")
+    hess.add_argument("--tol", type=float, default=1e-3,
+                      help="stop when successive estimates differ by < tol × |λ|")
+    hess.add_argument("--max-iters", type=int, default=100)
+    hess.add_argument("--seed", type=int, default=0, help="sample and start-vector seed")
+    for parser in (land, hess):
+        for flag, options in common.items():
+            parser.add_argument(flag, **options)
+
+
+def common_parent(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
+
+
+def analyze_command(args) -> int:
+    for run in args.runs:
+        landscape.check_run_dir(Path(run))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.analysis == "hessian":
+        if args.images < 0 or args.max_iters < 1 or not args.tol > 0:
+            raise UserError("--images must be ≥ 0, --max-iters ≥ 1 and --tol > 0")
+        for run in args.runs:
+            r = hessian.analyze_run(Path(run), args.images, args.tol, args.max_iters, args.seed,
+                                    args.device)
+            state = "converged" if r["converged"] else "NOT converged"
+            print(f"{run}: top Hessian eigenvalue {r['eigenvalue']:.5g} ({state} after "
+                  f"{r['iterations']} iterations, tol {r['tol']:g}); {run}/hessian.json")
+        return 0
+    points = args.points if args.points is not None else (41 if args.interpolate else 51)
+    if points < 2 or args.train_images < 0 or args.test_images < 0:
+        raise UserError("--points must be ≥ 2 and image counts ≥ 0")
+    runs = [Path(r) for r in args.runs]
+    if args.interpolate and len(runs) != 2:
+        raise UserError("--interpolate needs exactly two run directories")
+    out = Path(args.out) if args.out else common_parent(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    cache: dict = {}
+    loaded = lambda path: landscape.load_run(path, args.device, cache)  # noqa: E731
+    if args.interpolate:
+        record = landscape.interpolate_runs(loaded(runs[0]), loaded(runs[1]), points,
+                                            args.train_images, args.test_images)
+        (out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n")
+        landscape.plot_interpolation(record, out / "interpolation.png")
+        print(f"interpolation: {out / 'interpolation.png'}, {out / 'interpolation.json'}")
+        return 0
+    records = []
+    for run in runs:
+        record = landscape.slice_run(loaded(run), points, args.direction_seed,
+                                     args.train_images, args.test_images, args.include_1d)
+        records.append(record)
+        print(f"{run}: sharpness {record['sharpness']:.4g} (training-loss rise at |α| = "
+              f"{record['sharpness_alpha']}); {run}/{landscape.RESULT_FILE}")
+    (out / "landscape_curves.json").write_text(json.dumps(records, indent=2) + "\n")
+    landscape.plot_slices(records, out / "landscape.png")
+    print(f"landscape: {out / 'landscape.png'}, {out / 'landscape_curves.json'}")
+    return 0
+

@@ -1,0 +1,1 @@
+"""Results: run directories read back into tables, figures and limits."""

@@ -1,0 +1,119 @@
+"""Run directories read back into numbers: each run's config, summary and metrics, grouped by
+recipe and batch size, and the mean ± std of a cell. Every table and figure starts here."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from batchscale.config import from_dict
+from batchscale.engine import rundir
+from batchscale.errors import UserError
+from batchscale.results import published
+
+
+@dataclass
+class RunResult:
+    recipe: str
+    batch_size: int
+    seed: int
+    directory: str
+    config: dict
+    summary: dict
+    metrics: list[dict]
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unfinished")
+
+    @property
+    def final(self) -> dict:
+        """The last epoch's metrics row (the study reports the final epoch)."""
+        return self.metrics[-1] if self.metrics else {}
+
+
+@dataclass
+class Cell:
+    """The runs of one recipe at one batch size."""
+
+    recipe: str
+    batch_size: int
+    runs: list[RunResult]
+
+    @property
+    def completed(self) -> list[RunResult]:
+        return [r for r in self.runs if r.status == "completed" and r.metrics]
+
+    def values(self, key: str) -> list[float]:
+        return [r.final[key] for r in self.completed]
+
+
+# ---------------------------------------------------------------------- reading
+def _load_run(out: Path, recipe: str, directory: str, seed: int | None = None) -> RunResult:
+    path = out / directory
+    config = yaml.safe_load((path / rundir.CONFIG).read_text()) or {}
+    summary_path = path / rundir.SUMMARY
+    summary = rundir.read_json(summary_path) if summary_path.exists() else {}
+    return RunResult(recipe, int(config["batch_size"]),
+                     int(config["seed"]) if seed is None else seed, directory, config,
+                     summary, rundir.read_metrics(path))
+
+
+def collect(out: Path) -> tuple[dict, list[RunResult]]:
+    """The sweep's plan (study.yaml, if any) and every run directory that has a config."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"no study directory {out}")
+    plan_path = out / rundir.STUDY_PLAN
+    if plan_path.exists():
+        plan = yaml.safe_load(plan_path.read_text()) or {}
+        results = [_load_run(out, r["recipe"], r["directory"], r["seed"])
+                   for r in plan.get("runs", []) if (out / r["directory"] / rundir.CONFIG).exists()]
+    else:
+        plan = {}
+        found = [p.parent.relative_to(out) for p in sorted(out.rglob(rundir.CONFIG))]
+        results = [_load_run(out, rel.parts[0], rel.as_posix()) for rel in found]
+    if not results:
+        raise UserError(f"{out} holds no run directories (no {rundir.CONFIG} below it)")
+    return plan, results
+
+
+def cells(results: list[RunResult]) -> dict[str, list[Cell]]:
+    """Results grouped by recipe (in order of appearance), then by batch size."""
+    grouped: dict[str, dict[int, list[RunResult]]] = {}
+    for r in results:
+        grouped.setdefault(r.recipe, {}).setdefault(r.batch_size, []).append(r)
+    return {recipe: [Cell(recipe, b, runs) for b, runs in sorted(by_batch.items())]
+            for recipe, by_batch in grouped.items()}
+
+
+# ---------------------------------------------------------------------- numbers
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def fmt_mean_std(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "—"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def published_row(plan: dict, cell: Cell):
+    table = plan.get("recipes", {}).get(cell.recipe, {}).get("published")
+    if not table:
+        return None
+    factor = plan.get("published_batch_factor", 1)
+    first = cell.runs[0].config
+    lr = peak_lr(first) if factor == 1 else None
+    return published.lookup(table, int(cell.batch_size * factor), lr, first["weight_decay"])
+
+
+def peak_lr(config: dict) -> float:
+    """The peak learning rate of a run, from its saved config (the config's own rule)."""
+    return from_dict(config).peak_lr

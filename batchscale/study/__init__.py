@@ -1,0 +1,1 @@
+"""Studies: presets (YAML) expanded into runs, and the sweep that trains them."""
