@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -139,12 +140,13 @@ def test_a_one_machine_launch_listens_on_loopback_only(tmp_path):
         pytest.skip("needs Linux /proc/net/tcp to list listening sockets")
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "batchscale", "train", "--workers", "2", "--width", "8",
-         "--train-subset", "256", "--batch-size", "32", "--epochs", "3", "--quiet",
+        [sys.executable, "-m", "batchscale", "train", "--workers", "2", "--width", "4",
+         "--train-subset", "128", "--batch-size", "32", "--epochs", "2", "--quiet",
          "--device", "cpu", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen: set[str] = set()
     while process.poll() is None:
         seen |= _listening_addresses()
+        time.sleep(0.05)
     assert process.returncode == 0, process.stderr.read().decode()[-2000:]
     assert seen, "the workers listened on nothing while they ran"
     assert seen <= {"127.0.0.1"}, seen

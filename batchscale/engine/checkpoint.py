@@ -56,7 +56,7 @@ def load(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}") from None
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():  # not a refusal: a truncated or foreign file
+        if "global" not in str(err).lower():  # no class or function named: a damaged file
             raise UserError(f"checkpoint {path} cannot be read: {err}".splitlines()[0]) from None
         if "numpy" in str(err):  # what checkpoints before the weights-only format held
             raise UserError(f"checkpoint {path} holds numpy objects, refused unopened; "
