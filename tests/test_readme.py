@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import sys
 
 import pytest
 
@@ -10,14 +11,23 @@ from batchscale.config import FIELDS
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "scripts"))
+import options_table  # noqa: E402
+
 README = (ROOT / "README.md").read_text()
 COMMON = ("train --dataset cifar10 --epochs 200 --decay-every 50 --decay-factor 0.1 "
           "--momentum 0.9 --weight-decay 5e-4")
 
 
-def test_every_config_field_is_in_the_options_table():
-    missing = [n for n in FIELDS if f"`--{n.replace('_', '-')}`" not in README]
+def test_the_options_page_is_generated_from_the_config_and_lists_every_field():
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert page == options_table.table(), "run python scripts/options_table.py"
+    missing = [n for n in FIELDS if f"`--{n.replace('_', '-')}`" not in page]
     assert not missing
+
+
+def test_the_readme_is_a_users_guide_of_at_most_250_lines():
+    assert README.count("\n") <= 250
 
 
 ROWS = re.findall(r"^\| (I{1,3}) \| (\d+) \| ([\d.]+) \| [^|]+ \| `([^`]+)` \|$", README, re.M)
