@@ -138,7 +138,7 @@ def attach(setup, position) -> NoiseScaleTracker | None:
     tracker = NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state,
                                 cfg.noise_scale_every).to(setup.device)
     if workers > 1:
-        tracker.hook = LocalNormHook()
+        tracker.hook = LocalNormHook(setup.model.parameters())
         setup.train_model.register_comm_hook(tracker.hook, LocalNormHook.__call__)
     return tracker
 
@@ -196,19 +196,30 @@ class LocalNormHook:
     """A DDP communication hook that adds each bucket's local (pre-all-reduce) squared norm to
     `local_sq` before averaging as DDP does by default; `attach` registers it with
     `ddp_model.register_comm_hook(hook, LocalNormHook.__call__)` and `after_backward` reads
-    `take()`. Then the per-worker gradient is the small batch, the reduced one the big batch."""
+    `take()`. Then the per-worker gradient is the small batch, the reduced one the big batch.
 
-    def __init__(self):
-        self.local_sq = None
+    The squared norm is kept per parameter and summed in the model's parameter order, so it does
+    not depend on how DDP groups parameters into buckets (it regroups them after the first step,
+    and a restarted group starts from the first grouping again)."""
 
-    def take(self) -> torch.Tensor:
-        value, self.local_sq = self.local_sq, None
-        return value
+    def __init__(self, parameters=()):
+        self.position = {id(p): i for i, p in enumerate(parameters)}
+        self.parts: dict[int, torch.Tensor] = {}
+
+    def take(self) -> torch.Tensor | None:
+        if not self.parts:
+            return None
+        parts, self.parts = self.parts, {}
+        total = parts[min(parts)]
+        for key in sorted(parts)[1:]:
+            total = total + parts[key]
+        return total
 
     def __call__(self, bucket):
         buffer = bucket.buffer()
-        norm = buffer.detach().double().square().sum()
-        self.local_sq = norm if self.local_sq is None else self.local_sq + norm
+        for parameter, gradient in zip(bucket.parameters(), bucket.gradients(), strict=True):
+            key = self.position.get(id(parameter), len(self.position) + len(self.parts))
+            self.parts[key] = gradient.detach().double().square().sum()
         buffer.div_(dist.get_world_size())
         return dist.all_reduce(buffer, async_op=True).get_future().then(
             lambda fut: fut.value()[0])
