@@ -11,6 +11,7 @@ import pytest
 
 from batchscale.engine import rundir
 from batchscale.engine.train import train
+
 from conftest import ROOT, tiny_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
@@ -52,8 +53,8 @@ def test_event_files_hold_the_metrics_of_every_epoch(runs):
 
 
 def test_a_resumed_run_holds_each_step_once(runs):
-    """Stopped after step 6 (a log point, so step 6 is in both event files), resumed: the curves equal the
-    uninterrupted run's, and the resumed process wrote its own event file."""
+    """Stopped after step 6 (a log point: both processes write step 6's neighbours), resumed:
+    the curves equal the uninterrupted run's; the resumed process wrote its own event file."""
     whole, split = scalars(runs[0]), scalars(runs[1])
     assert len(os.listdir(runs[1] / "tb")) == 2
     assert whole.keys() == split.keys()
