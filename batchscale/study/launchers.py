@@ -163,7 +163,11 @@ def parse_slurm_opts(pairs: list[str]) -> dict:
 def slurm_executor(out: Path, partition: str | None, time_min: int, gpus: int,
                    array_parallelism: int, opts: list[str] | None = None):
     """A submitit SlurmExecutor writing into `<out>/slurm/`: one task per job, `gpus` GPUs."""
-    executor = require_submitit().SlurmExecutor(folder=str(out / JOBS_FOLDER), max_num_timeout=20)
+    try:
+        executor = require_submitit().SlurmExecutor(folder=str(out / JOBS_FOLDER),
+                                                    max_num_timeout=20)
+    except RuntimeError as err:  # no srun: not a SLURM machine
+        raise UserError(f"--launcher slurm: {err}") from None
     params = {"job_name": "batchscale", "time": time_min, "nodes": 1, "ntasks_per_node": 1,
               "gpus_per_node": gpus or None, "array_parallelism": array_parallelism,
               "signal_delay_s": 90, "stderr_to_stdout": True}
