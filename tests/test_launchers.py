@@ -97,6 +97,9 @@ def test_killed_job_is_resumed_not_restarted_on_rerun(finished, tmp_path):
     (job,) = submit([run], tmp_path, executor(tmp_path))["jobs"]
     run_dir = tmp_path / run.directory
     wait_for_epochs(run_dir, 1, job)
+    while not (run_dir / "checkpoint.pt").exists():  # the row is written just before it
+        assert job.state == "RUNNING", job.state
+        time.sleep(0.02)
     for pid in [int(job.job_id), *descendants(int(job.job_id))]:
         os.kill(pid, signal.SIGKILL)
     job._process.wait()
