@@ -109,6 +109,10 @@ class TrainConfig:
                                           "(McCandlish et al.; costs one small-batch pass a step)")
     noise_scale_every: int = _opt(1, "with track_noise_scale: measure it on every N-th step "
                                      "(its cost divided by N; the trajectory is unchanged)")
+    # ---- TensorBoard ----
+    tensorboard: bool = _opt(False, "write TensorBoard event files into <run>/tb/ (loss and lr "
+                                    "every log_every steps, the metrics of every epoch); needs "
+                                    "the tensorboard extra", affects_result=False)
 
     # ------------------------------------------------------------------ derived values
     @property

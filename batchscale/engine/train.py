@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, distributed, rundir
+from batchscale.engine import checkpoint, distributed, rundir, tensorboard
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.optim import set_lr
@@ -142,6 +142,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
     it behaves as a SIGTERM arriving after that global step. With `cfg.workers` this starts
     torchrun; under torchrun every worker runs this, and only rank 0 touches `out`."""
     run_dir = Path(out)
+    tensorboard.check(cfg)
     if cfg.workers and not distributed.launched():
         return distributed.launch(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     with distributed.process_group(cfg) as world:
@@ -175,6 +176,8 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
     setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
     compile_model(setup)  # issue 6: --compile
+    setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
+        position.epoch * setup.plan.steps_per_epoch + position.step))
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
@@ -184,6 +187,8 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
                                 error=f"{type(err).__name__}: {err}")
             rundir.write_json(run_dir / rundir.SUMMARY, summary)
         raise
+    finally:
+        setup.board.close()
     summary = {"status": status, "rank": world.rank}  # the other workers write nothing
     if main:
         summary = summarize(setup, status, position, rundir.read_metrics(run_dir), bad_step)
@@ -243,7 +248,9 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
             if bad_step >= 0:
                 bar.close()
                 return bad_step
-            bar.set_postfix(loss=f"{meter.loss_sum.item() / meter.count:.3f}")
+            running_loss = meter.loss_sum.item() / meter.count
+            bar.set_postfix(loss=f"{running_loss:.3f}")
+            tensorboard.Board.of(setup).step(global_step + 1, running_loss, plan.lr_at(global_step))
         elif setup.world_size > 1:
             stopping = False  # workers stop only where they agree: at the next update
         if stopping:
@@ -285,6 +292,7 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
     if setup.noise is not None:
         row.update(setup.noise.row())
     rundir.append_metrics(run_dir, row)
+    tensorboard.Board.of(setup).epoch(row)
     position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
     position.best_test_acc = max(position.best_test_acc, test_acc)
     checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)

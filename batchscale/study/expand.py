@@ -241,6 +241,24 @@ def add_study_parser(commands) -> None:
     study.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field for every run (repeatable)")
     study.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    # ---- where the runs execute (batchscale.study.launchers) ----
+    study.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                       help="local: a process pool on this machine (default); slurm: one "
+                            "SLURM job per run through submitit (pip install 'batchscale[slurm]')")
+    study.add_argument("--status", action="store_true",
+                       help="show each run's state (and SLURM job) in --out; run nothing")
+    study.add_argument("--slurm-partition", help="SLURM partition")
+    study.add_argument("--slurm-time", type=int, default=1440, metavar="MIN",
+                       help="time limit of each job in minutes; a run that needs longer is "
+                            "checkpointed and requeued (default: 1440)")
+    study.add_argument("--gpus-per-run", type=int, default=1, metavar="W",
+                       help="GPUs of each job; W > 1 runs torchrun with W workers (default: 1)")
+    study.add_argument("--slurm-array-parallelism", type=int, default=256, metavar="N",
+                       help="jobs of the array running at once (default: 256)")
+    study.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. account=proj or mem=64G (repeatable)")
+    study.add_argument("--wait", action="store_true",
+                       help="with --launcher slurm: wait for the jobs, then write the report")
 
 
 def list_presets() -> str:

@@ -24,6 +24,7 @@ from batchscale.config import RESUMABLE_FIELDS, config_flags, load_yaml
 from batchscale.engine import rundir
 from batchscale.errors import UserError
 from batchscale.results.report import write_report
+from batchscale.study import launchers
 from batchscale.study.expand import (
     PLAN_FILE,
     Run,
@@ -207,6 +208,11 @@ def study_command(args) -> int:
         print(dry_run_table(runs, out))
         print(f"{len(unique_runs(runs))} runs to train for {len(runs)} grid cells; out: {out}")
         return 0
+    launchers.check_options(args, runs)  # --launcher slurm and --status: launchers.py
+    if args.launcher == "slurm":
+        check_existing(runs, out)
+    if args.status or args.launcher == "slurm":
+        return launchers.launcher_command(args, runs, out, plan_document(preset, runs))
     counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs))
     print("runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
     if counts["interrupted"]:
