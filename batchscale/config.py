@@ -109,6 +109,15 @@ class TrainConfig:
                                           "(McCandlish et al.; costs one small-batch pass a step)")
     noise_scale_every: int = _opt(1, "with track_noise_scale: measure it on every N-th step "
                                      "(its cost divided by N; the trajectory is unchanged)")
+    # ---- on the GPU: CUDA graphs and deterministic kernels ----
+    cuda_graphs: str = _opt("auto", "replay the whole training step from a CUDA graph: auto (on "
+                                    "for CUDA where supported: sgd/rmsprop, no noise tracking, "
+                                    "one worker, no compile) | on (an error where unsupported) "
+                                    "| off", ("auto", "on", "off"),
+        affects_result=False)
+    deterministic: bool = _opt(False, "deterministic algorithms, cuDNN deterministic, no "
+                                      "benchmark, no TF32 (exact resume on CUDA; slower)",
+        affects_result=False)
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -21,12 +21,11 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, distributed, rundir
+from batchscale.engine import checkpoint, distributed, graphs, rundir
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
-from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup, build
-from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, train_step
+from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, run_step
 from batchscale.errors import UserError
 
 
@@ -175,6 +174,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
     setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
     compile_model(setup)  # issue 6: --compile
+    setup.graph = graphs.attach(setup, quiet)  # the step from a CUDA graph where supported
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
@@ -229,10 +229,9 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
     tick, first_step = time.perf_counter(), position.step
     for step in range(position.step, len(loader)):
         global_step = position.epoch * len(loader) + step
-        set_lr(setup.optimizer, plan.lr_at(global_step))
         images, labels = loader.batch(step)
-        loss, logits = train_step(setup, prepare_input(setup, images), labels)
-        meter.add(loss, logits, labels, global_step)
+        run_step(setup, meter, prepare_input(setup, images), labels, global_step,
+                 plan.lr_at(global_step))
         position.step = step + 1
         stopping = bool(stop.signum) or (stop_at_step is not None
                                          and global_step + 1 >= stop_at_step)
