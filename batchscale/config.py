@@ -113,6 +113,15 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "write TensorBoard event files into <run>/tb/ (loss and lr "
                                     "every log_every steps, the metrics of every epoch); needs "
                                     "the tensorboard extra", affects_result=False)
+    # ---- on the GPU: CUDA graphs and deterministic kernels ----
+    cuda_graphs: str = _opt("auto", "replay the whole training step from a CUDA graph: auto (on "
+                                    "for CUDA where supported: sgd/rmsprop, no noise tracking, "
+                                    "one worker, no compile) | on (an error where unsupported) "
+                                    "| off", ("auto", "on", "off"),
+        affects_result=False)
+    deterministic: bool = _opt(False, "deterministic algorithms, cuDNN deterministic, no "
+                                      "benchmark, no TF32 (exact resume on CUDA; slower)",
+        affects_result=False)
 
     # ------------------------------------------------------------------ derived values
     @property

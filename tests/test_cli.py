@@ -10,7 +10,7 @@ from batchscale.cli import main
 from conftest import ROOT
 
 TINY = ["--width", "4", "--train-subset", "256", "--epochs", "1", "--batch-size", "64",
-        "--quiet", "--threads", "2"]
+        "--quiet", "--threads", "2", "--device", "cpu"]
 
 
 def one_line_error(capsys, argv):

@@ -26,7 +26,7 @@ from batchscale.study.expand import (
 )
 from batchscale.study.sweep import execute
 
-TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500}
+TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500, "device": "cpu"}
 
 
 # ---------------------------------------------------------------------- presets and the grid

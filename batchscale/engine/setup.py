@@ -3,6 +3,7 @@ from a config into one `Setup` that the step, the loop and the analyses share.""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,25 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.channels_last == "on"
 
 
+# cuBLAS reads this when its first handle is made (the first CUDA matmul): set before that, it
+# makes cuBLAS reductions reproducible (NVIDIA's cuBLAS docs, "Results reproducibility").
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_deterministic(on: bool) -> None:
+    """With `on`: deterministic algorithms (a warning, not an error, for the few CUDA kernels
+    without a deterministic variant: max-pool and adaptive-pool backward), cuDNN deterministic
+    without autotuning, no TF32, and CUBLAS_WORKSPACE_CONFIG. Harmless on CPU."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 @dataclass
 class Setup:
     """Everything a run is made of, built from a config."""
@@ -52,9 +72,11 @@ class Setup:
     rank: int = 0
     train_model: torch.nn.Module | None = None  # the DDP wrapper with several workers
     noise: noise_scale.NoiseScaleTracker | None = None  # with cfg.track_noise_scale
+    graph: object | None = None  # a graphs.GraphedStep when the step replays a CUDA graph
 
 
 def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
+    set_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

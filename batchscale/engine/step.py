@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import Split, eval_batches
+from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup
 
 
@@ -77,6 +78,17 @@ def train_step(setup: Setup, images, labels):
                                    lambda x, y: forward_loss(setup, x, y)[0])
     setup.optimizer.step()
     return loss.detach(), logits.detach()
+
+
+def run_step(setup: Setup, meter: Meter, images, labels, global_step: int, lr: float) -> None:
+    """One training step at rate `lr`, its sums added to `meter`: replayed from the run's CUDA
+    graph where one is attached (engine/graphs.py), else eagerly."""
+    if getattr(setup, "graph", None) is not None:  # test doubles may lack the field
+        setup.graph(meter, images, labels, global_step, lr)
+        return
+    set_lr(setup.optimizer, lr)
+    loss, logits = train_step(setup, images, labels)
+    meter.add(loss, logits, labels, global_step)
 
 
 @dataclass

@@ -21,12 +21,11 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, distributed, rundir, tensorboard
+from batchscale.engine import checkpoint, distributed, graphs, rundir, tensorboard
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
-from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup, build
-from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, train_step
+from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, run_step
 from batchscale.errors import UserError
 
 
@@ -178,6 +177,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     compile_model(setup)  # issue 6: --compile
     setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
         position.epoch * setup.plan.steps_per_epoch + position.step))
+    setup.graph = graphs.attach(setup, quiet)  # the step from a CUDA graph where supported
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
@@ -234,10 +234,9 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
     tick, first_step = time.perf_counter(), position.step
     for step in range(position.step, len(loader)):
         global_step = position.epoch * len(loader) + step
-        set_lr(setup.optimizer, plan.lr_at(global_step))
         images, labels = loader.batch(step)
-        loss, logits = train_step(setup, prepare_input(setup, images), labels)
-        meter.add(loss, logits, labels, global_step)
+        run_step(setup, meter, prepare_input(setup, images), labels, global_step,
+                 plan.lr_at(global_step))
         position.step = step + 1
         stopping = bool(stop.signum) or (stop_at_step is not None
                                          and global_step + 1 >= stop_at_step)

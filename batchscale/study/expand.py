@@ -236,6 +236,9 @@ def add_study_parser(commands) -> None:
     study.add_argument("--seeds", type=int, help="seeds per setting (default: the preset's)")
     study.add_argument("--jobs", type=int, default=1,
                        help="runs at once; each gets cores/jobs threads (default: 1)")
+    study.add_argument("--runs-per-gpu", type=int, default=1, metavar="K",
+                       help="with GPUs: each run gets its own (CUDA_VISIBLE_DEVICES, round "
+                            "robin), at most K runs on one GPU at a time (default: 1)")
     study.add_argument("--dry-run", action="store_true",
                        help="list the runs and their effective settings; run nothing")
     study.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -37,6 +37,7 @@ from batchscale.study.expand import (
     run_state,
     unique_runs,
 )
+from batchscale.study.gpus import Placement, check_fits, gpus_needed, visible_gpus
 
 POLL_S = 0.5
 
@@ -70,9 +71,10 @@ class Active:
     process: subprocess.Popen
     log: object
     started: float = field(default_factory=time.perf_counter)
+    gpus: list[int] = field(default_factory=list)  # indices into the study's Placement
 
 
-def start(run: Run, out: Path) -> Active:
+def start(run: Run, out: Path, env: dict | None = None) -> Active:
     directory = out / run.directory
     resume = (directory / rundir.CONFIG).exists()
     logs = out / "logs"
@@ -81,7 +83,7 @@ def start(run: Run, out: Path) -> Active:
     log.write(f"# {'resume' if resume else 'start'} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     log.flush()
     process = subprocess.Popen(train_command(run, directory, resume), stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     return Active(run, process, log)
 
 
@@ -123,9 +125,12 @@ def _raise_terminated(signum, frame):
 
 
 def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = None,
-            preset_document: dict | None = None) -> dict[str, int]:
+            preset_document: dict | None = None, runs_per_gpu: int = 1) -> dict[str, int]:
     """Run every unfinished run; return counts by outcome. `stop_after` (for tests) stops
-    launching new runs once that many have finished, as an interruption would."""
+    launching new runs once that many have finished, as an interruption would. On a machine
+    with GPUs each run gets its own through CUDA_VISIBLE_DEVICES, `runs_per_gpu` per GPU."""
+    placement = Placement(visible_gpus(), runs_per_gpu)
+    check_fits([gpus_needed(r.cfg) for r in runs], len(placement.gpus), runs_per_gpu)
     out.mkdir(parents=True, exist_ok=True)
     check_existing(runs, out)
     if preset_document is not None:
@@ -140,7 +145,7 @@ def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     active: list[Active] = []
     try:
-        _loop(todo, out, jobs, stop_after, active, counts, bar)
+        _loop(todo, out, jobs, stop_after, active, counts, bar, placement)
     except (KeyboardInterrupt, _Terminated):
         _stop_all(active, out, counts, bar)
     finally:
@@ -149,16 +154,21 @@ def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = 
     return counts
 
 
-def _loop(todo, out, jobs, stop_after, active, counts, bar) -> None:
+def _loop(todo, out, jobs, stop_after, active, counts, bar, placement: Placement) -> None:
     queue, finished = list(todo), 0
     while queue or active:
         while queue and len(active) < jobs and (stop_after is None or finished < stop_after):
-            active.append(start(queue.pop(0), out))
+            gpus = placement.take(queue[0].cfg)
+            if gpus is None:  # every GPU it could use is full: wait for a run to end
+                break
+            active.append(start(queue.pop(0), out, placement.environment(gpus)))
+            active[-1].gpus = gpus
         if not active:
             return
         time.sleep(POLL_S)
         for item in [a for a in active if a.process.poll() is not None]:
             active.remove(item)
+            placement.release(item.gpus)
             finished += _finish(item, out, counts, bar)
         bar.set_postfix_str("; ".join(epoch_of(a, out) for a in active))
 
@@ -213,7 +223,8 @@ def study_command(args) -> int:
         check_existing(runs, out)
     if args.status or args.launcher == "slurm":
         return launchers.launcher_command(args, runs, out, plan_document(preset, runs))
-    counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs))
+    counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs),
+                     runs_per_gpu=args.runs_per_gpu)
     print("runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
     if counts["interrupted"]:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
