@@ -109,6 +109,11 @@ class TrainConfig:
                                           "(McCandlish et al.; costs one small-batch pass a step)")
     noise_scale_every: int = _opt(1, "with track_noise_scale: measure it on every N-th step "
                                      "(its cost divided by N; the trajectory is unchanged)")
+    # -- collapse: a run that stops learning (batchscale/engine/collapse.py, docs/collapse.md)
+    stop_on_collapse: bool = _opt(False, "end the run as diverged (reason collapse) at the epoch "
+                                         "the collapse rule fires, to save compute (off: run on "
+                                         "and still mark it collapsed)",
+        affects_result=False)
 
     # ------------------------------------------------------------------ derived values
     @property
