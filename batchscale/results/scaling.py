@@ -85,7 +85,7 @@ def _noise_cell(m: dict) -> str:
     if not runs or not m["undefined"][1]:
         return "—"
     if not defined:
-        return f"undefined (|G|² ≤ 0) in {runs}/{runs} runs"
+        return f"undefined (mean G² ≤ 0) in {runs}/{runs} runs"
     shown = fmt_interval(m["b_simple_late"]).replace(" (1 seed)", "")
     number = shown.split(" ")[0]
     shown = shown.replace(number, f"{float(number):.3g}", 1)
