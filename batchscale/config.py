@@ -122,6 +122,11 @@ class TrainConfig:
     deterministic: bool = _opt(False, "deterministic algorithms, cuDNN deterministic, no "
                                       "benchmark, no TF32 (exact resume on CUDA; slower)",
         affects_result=False)
+    # -- collapse: a run that stops learning (batchscale/engine/collapse.py, docs/collapse.md)
+    stop_on_collapse: bool = _opt(False, "end the run as diverged (reason collapse) at the epoch "
+                                         "the collapse rule fires, to save compute (off: run on "
+                                         "and still mark it collapsed)",
+        affects_result=False)
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -3,6 +3,7 @@
     .venv/bin/python -m pytest tests/test_report.py
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,22 +24,41 @@ def report(tmp_path_factory) -> tuple[Path, str]:
     return out, path.read_text()
 
 
+T_975_1DOF = 12.7062  # Student's t, 97.5% quantile, 1 degree of freedom (printed tables)
+
+
 def test_tables_state_the_fixture_numbers(report):
     _, text = report
-    # trivial B=32: test 0.50 / 0.60, train 0.90 / 0.92; study Table I at B = 32 x 4 = 128
-    assert ("| 32 | 0.025 | 2/2 | 0.5500 ± 0.0707 | 0.8734 | -0.3234 | "
-            "0.9100 ± 0.0141 | 0.9909 | -0.0809 |") in text
+    # trivial B=32: test 0.50 / 0.60 (std 0.0707, half-width 12.706 x 0.0707 / sqrt 2 = 0.6353),
+    # last-5 (here: both) epochs 0.39 / 0.45 -> 0.42 ± 12.706 x 0.0424 / sqrt 2 = 0.3812;
+    # train 0.90 / 0.92; study Table I at B = 32 x 4 = 128
+    assert ("| 32 | 0.025 | 2/2 | 0.5500 ± 0.6353 | 0.4200 ± 0.3812 | 0.8734 | -0.3234 | "
+            "0.9100 ± 0.1271 | 0.9909 | -0.0809 |") in text
     # the shared base-batch run appears in every recipe, against each table's own B=32 row
-    assert "| 8 | 0.025 | 2/2 | 0.6300 ± 0.0141 | 0.8833 | -0.2533 |" in text
-    assert "| 8 | 0.025 | 2/2 | 0.6300 ± 0.0141 | 0.8831 | -0.2531 |" in text
+    assert "| 8 | 0.025 | 2/2 | 0.6300 ± 0.1271 | 0.4950 ± 0.1271 | 0.8833 | -0.2533 |" in text
+    assert "| 8 | 0.025 | 2/2 | 0.6300 ± 0.1271 | 0.4950 ± 0.1271 | 0.8831 | -0.2531 |" in text
     assert "same run as trivial/b8" in text
     # linear+warmup B=32: peak lr 0.025 x 32/8
-    assert "| 32 | 0.1 | 2/2 | 0.6200 ± 0.0141 | 0.8824 | -0.2624 |" in text
+    assert "| 32 | 0.1 | 2/2 | 0.6200 ± 0.1271 | 0.4775 ± 0.0953 | 0.8824 | -0.2624 |" in text
+
+
+def test_t_quantiles_and_intervals_match_printed_tables():
+    from batchscale.results.collect import mean_interval, separated, t_quantile
+
+    for dof, printed in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert t_quantile(0.975, dof) == pytest.approx(printed, abs=6e-4)
+    mean, half = mean_interval([0.5, 0.6])
+    assert (mean, half) == pytest.approx((0.55, T_975_1DOF * 0.05), abs=1e-4)
+    assert mean_interval([0.7]) == (0.7, None)  # one seed: no interval
+    assert separated([0.50, 0.51, 0.52], [0.60, 0.61, 0.62]) is True  # ± 0.0248 each
+    assert separated([0.60, 0.61, 0.62], [0.50, 0.51, 0.52]) is False
+    assert separated([0.50, 0.60], [0.56, 0.57]) is None  # overlapping
+    assert separated([0.5], [0.9, 0.91]) is None  # one seed: no claim
 
 
 def test_diverged_run_is_marked_and_left_out_of_the_mean(report):
     _, text = report
-    assert "| 32 | 0.1 | 1/2 | 0.6600 | 0.8832 | -0.2232 | 0.9600 |" in text
+    assert "| 32 | 0.1 | 1/2 | 0.6600 (1 seed) | 0.5100 (1 seed) | 0.8832 | -0.2232 |" in text
     assert "seed 1 diverged at step 57" in text
     assert "| per-worker-bn/b32/seed1 | diverged at step 57 | 1 | 0.2000 | 0.1500 |" in text
 
@@ -49,12 +69,58 @@ def test_every_run_lists_its_final_train_accuracy(report):
     assert text.count("| completed |") == 7
 
 
-def test_ordering_sentence_is_computed_from_the_numbers(report):
+def test_ordering_sentence_claims_nothing_without_intervals(report):
     _, text = report
-    assert "B = 32, the study's ordering trivial < linear+warmup < per-worker BN **holds**" in text
-    assert "trivial 0.5500, linear+warmup 0.6200 (+0.0700), per-worker BN 0.6600 (+0.0400)" in text
-    # pooled std: sqrt(mean(0.005, 0.0002)) = 0.0510; gaps 0.07 / 0.051 and 0.04 / 0.051
-    assert "is 0.0510, so the gaps are +1.4 and +0.8 standard deviations" in text
+    assert ("B = 32, final test accuracy (95% interval over seeds): trivial 0.5500 ± 0.6353, "
+            "linear+warmup 0.6200 ± 0.1271, per-worker BN 0.6600 (1 seed).") in text
+    assert "no ordering is claimed" in text and "**holds**" not in text
+
+
+def _with_metrics(out: Path, run: str, test_accs: list[float], train=(0.9, 0.5)):
+    rows = [{"epoch": e, "step": 31 * e, "lr": 0.1, "train_loss": train[1],
+             "train_acc": train[0], "test_loss": 1.0, "test_acc": acc}
+            for e, acc in enumerate(test_accs, start=1)]
+    (out / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((out / run / "summary.json").read_text())
+    summary.update(status="completed", diverged_at_step=None)
+    (out / run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_ordering_is_claimed_only_where_the_intervals_separate(tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(FIXTURE, out)
+    for recipe, accs in (("trivial", (0.30, 0.31)), ("linear+warmup", (0.60, 0.61)),
+                         ("per-worker-bn", (0.90, 0.91))):
+        for seed, acc in enumerate(accs):
+            _with_metrics(out, f"{recipe}/b32/seed{seed}", [acc, acc])
+    text = write_report(out).read_text()  # half-widths 12.706 x 0.005 = 0.0635: separated
+    assert "ordering trivial < linear+warmup < per-worker BN **holds**" in text
+    _with_metrics(out, "per-worker-bn/b32/seed1", [0.62, 0.62])  # 0.76 ± 1.779: overlaps
+    text = write_report(out).read_text()
+    assert "**not resolved**" in text and "linear+warmup vs per-worker BN: overlapping" in text
+
+
+def test_collapsed_runs_are_named_with_the_epoch_and_left_out(tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(FIXTURE, out)
+    run = out / "linear+warmup" / "b32" / "seed1"
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="diverged", reason="collapse", collapsed_at_epoch=2)
+    (run / "summary.json").write_text(json.dumps(summary))
+    # a run written before the rule: "completed", but its rows meet it (3 epochs far above ln 10
+    # at chance accuracy; its config's 2 epochs need 3 exploded epochs in a row)
+    _with_metrics(out, "trivial/b32/seed1", [0.1, 0.1, 0.1], train=(0.1, 9.0))
+    text = write_report(out).read_text()
+    assert "| 32 | 0.1 | 1/2 | 0.6100 (1 seed) |" in text  # linear+warmup: seed 0 only
+    assert "seed 1 collapsed at epoch 2" in text
+    assert "| linear+warmup/b32/seed1 | collapsed at epoch 2 |" in text
+    assert "| trivial/b32/seed1 | collapsed at epoch 3 |" in text
+    assert "| 32 | 0.025 | 1/2 | 0.5000 (1 seed) |" in text  # trivial: seed 0 only
+    assert "32: 0.6100 (1/2 seeds do not train)" in text  # the scaling-limit table
+    assert "- `linear+warmup/b32/seed1` (B = 32) collapsed at epoch 2" in text
+    for seed in (0, 1):  # every run of a batch size collapsed: that batch does not train
+        _with_metrics(out, f"trivial/b32/seed{seed}", [0.1, 0.1, 0.1], train=(0.1, 9.0))
+    assert "| trivial | 8: 0.6300, 32: does not train | 8 |" in write_report(out).read_text()
 
 
 def test_figures_are_written_and_non_empty(report):
@@ -92,7 +158,8 @@ def test_scaling_limit_is_the_largest_batch_within_one_percent(report):
     assert "mean final test accuracy 0.6300" in text and "at least 0.6200" in text
     assert "| trivial | 8: 0.6300, 32: 0.5500 | 8 | 1× | 128 | 4× |" in text
     assert "| linear+warmup | 8: 0.6300, 32: 0.6200 | 32 | 4× | 1024 | 32× |" in text
-    assert "| per-worker-bn | 8: 0.6300, 32: 0.6600 | 32 | 4× | 2048 | 64× |" in text
+    assert ("| per-worker-bn | 8: 0.6300, 32: 0.6600 (1/2 seeds do not train) | 32 | 4× | 2048 "
+            "| 64× |") in text
 
 
 def test_study_limits_from_the_published_tables():

@@ -4,13 +4,16 @@
     batchscale train --out runs/a --resume          # continue after a kill or Ctrl-C
 
 Metrics are accumulated on the device and read once per `log_every` steps and once per epoch.
-A non-finite loss ends the run with status `diverged` (exit code 0: a sweep goes on).
+A non-finite loss ends the run with status `diverged` (exit code 0: a sweep goes on), reason
+`nonfinite`; a run that stops learning (batchscale/engine/collapse.py) is `diverged` with reason
+`collapse`, ended at that epoch with `--stop-on-collapse`, otherwise trained to the end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -21,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, distributed, graphs, rundir, tensorboard
+from batchscale.engine import checkpoint, collapse, distributed, graphs, rundir, tensorboard
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.setup import Setup, build
@@ -101,8 +104,18 @@ def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
               diverged_at_step: int | None = None, error: str | None = None) -> dict:
     cfg, plan = setup.cfg, setup.plan
     last = rows[-1] if rows else {}
+    collapsed = collapse.collapsed_at(rows, cfg, class_count(setup))
+    reason = None
+    if status == "diverged":
+        reason = collapse.NONFINITE if diverged_at_step is not None else collapse.REASON
+    elif status == "completed" and collapsed is not None:  # trained on past a collapse
+        status, reason = "diverged", collapse.REASON
+    if reason == collapse.REASON and collapsed is not None:  # the epoch's last step
+        diverged_at_step = collapsed * plan.steps_per_epoch - 1
     return {
         "status": status,
+        "reason": reason,
+        "collapsed_at_epoch": collapsed,
         "final_test_acc": last.get("test_acc"),
         "final_train_acc": last.get("train_acc"),
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
@@ -119,6 +132,31 @@ def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
         "error": error,
         "environment": rundir.environment(setup.device, cfg.seed, setup.world_size),
     }
+
+
+def class_count(setup: Setup) -> int:
+    """The number of classes the run trains on (chance accuracy is its inverse)."""
+    return int(setup.train.labels.max().item()) + 1 if len(setup.train) else 10
+
+
+def has_collapsed(setup: Setup, run_dir: Path) -> bool:
+    """Whether the run's metrics so far meet the collapse rule (rank 0 reads, all agree)."""
+    return distributed.from_rank0(lambda: collapse.collapsed_at(
+        rundir.read_metrics(run_dir), setup.cfg, class_count(setup)) is not None)
+
+
+PAUSE_ENV = "BATCHSCALE_PAUSE_AFTER_EPOCH"  # tests: a process that is surely alive to be killed
+PAUSE_LIMIT_S = 300.0
+
+
+def pause_for_test(epoch: int, stop: StopFlag) -> None:
+    """With BATCHSCALE_PAUSE_AFTER_EPOCH=N, wait after epoch N's checkpoint until a signal
+    arrives (at most PAUSE_LIMIT_S), so a test's kill always finds the run at that point."""
+    if os.environ.get(PAUSE_ENV) != str(epoch):
+        return
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not stop.signum and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def memory(setup: Setup) -> dict:
@@ -202,8 +240,11 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
 
 def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quiet: bool,
            stop_at_step: int | None) -> tuple[str, int | None]:
-    """Run the remaining epochs; return (status, diverged_at_step)."""
+    """Run the remaining epochs; return (status, diverged_at_step). With cfg.stop_on_collapse
+    a run whose metrics meet the collapse rule ends `diverged` (also when resumed after it)."""
     cfg = setup.cfg
+    if cfg.stop_on_collapse and position.epoch and has_collapsed(setup, run_dir):
+        return "diverged", None
     while position.epoch < cfg.epochs:
         started = time.perf_counter()
         outcome = train_epoch(setup, position, stop, quiet, stop_at_step)
@@ -216,6 +257,9 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
         if outcome is not None:
             return "diverged", outcome
         finish_epoch(setup, run_dir, position, started, quiet)
+        pause_for_test(position.epoch, stop)
+        if cfg.stop_on_collapse and has_collapsed(setup, run_dir):
+            return "diverged", None
     return "completed", None
 
 

@@ -1,8 +1,10 @@
 """Run directories read back into numbers: each run's config, summary and metrics, grouped by
-recipe and batch size, and the mean ± std of a cell. Every table and figure starts here."""
+recipe and batch size, and the mean of a cell with its 95% t-interval over seeds
+(docs/statistics.md). Every table and figure starts here."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from batchscale.config import from_dict
-from batchscale.engine import rundir
+from batchscale.engine import collapse, rundir
 from batchscale.errors import UserError
 from batchscale.results import published
 
@@ -34,6 +36,24 @@ class RunResult:
         """The last epoch's metrics row (the study reports the final epoch)."""
         return self.metrics[-1] if self.metrics else {}
 
+    @property
+    def collapsed_epoch(self) -> int | None:
+        """The epoch the collapse rule fired at (summary.json, else computed from the rows)."""
+        if self.summary.get("reason") == collapse.REASON:
+            return self.summary.get("collapsed_at_epoch")
+        if self.status == "completed" and self.metrics and "warmup_epochs" in self.config:
+            return collapse.collapsed_at(self.metrics, self.config)  # runs from before the rule
+        return None
+
+    @property
+    def trains(self) -> bool:
+        """Completed with metrics and not collapsed: a data point for the means."""
+        return self.status == "completed" and bool(self.metrics) and self.collapsed_epoch is None
+
+    def last_epochs_mean(self, key: str, epochs: int = 5) -> float:
+        """The mean of `key` over the last `epochs` epochs (fewer when the run has fewer)."""
+        return statistics.fmean(m[key] for m in self.metrics[-epochs:])
+
 
 @dataclass
 class Cell:
@@ -45,10 +65,20 @@ class Cell:
 
     @property
     def completed(self) -> list[RunResult]:
-        return [r for r in self.runs if r.status == "completed" and r.metrics]
+        """The runs that count: completed, with metrics, not collapsed."""
+        return [r for r in self.runs if r.trains]
+
+    @property
+    def failed_to_train(self) -> list[RunResult]:
+        """Runs that diverged (non-finite loss) or collapsed."""
+        return [r for r in self.runs if r.status == "diverged" or r.collapsed_epoch is not None]
 
     def values(self, key: str) -> list[float]:
         return [r.final[key] for r in self.completed]
+
+    def late_values(self, key: str, epochs: int = 5) -> list[float]:
+        """Each counted run's mean of `key` over its last `epochs` epochs."""
+        return [r.last_epochs_mean(key, epochs) for r in self.completed]
 
 
 # ---------------------------------------------------------------------- reading
@@ -102,6 +132,64 @@ def fmt_mean_std(values: list[float]) -> str:
     if mean is None:
         return "—"
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with `dof` degrees of freedom: bisection on its
+    CDF, which is integrated with Simpson's rule (no SciPy)."""
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def density(x: float) -> float:
+        return math.exp(log_c - (dof + 1) / 2 * math.log1p(x * x / dof))
+
+    def cdf(x: float, n: int = 2000) -> float:  # 0.5 + the integral from 0 to x
+        h = x / n
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, n))
+        return 0.5 + h / 3 * (density(0.0) + inner + density(x))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < p else (low, middle)
+    return (low + high) / 2
+
+
+CONFIDENCE = 0.95
+
+
+def mean_interval(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, half-width of its 95% t-interval over n−1 degrees of freedom); the half-width is
+    None for fewer than two values."""
+    mean, std = mean_std(values)
+    if std is None:
+        return mean, None
+    n = len(values)
+    return mean, t_quantile(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
+
+
+def fmt_interval(values: list[float]) -> str:
+    """"0.8123 ± 0.0120" (95% t-interval half-width), "0.8123 (1 seed)", or "—"."""
+    mean, half = mean_interval(values)
+    if mean is None:
+        return "—"
+    if half is None:
+        return f"{mean:.4f} (1 seed)"
+    return f"{mean:.4f} ± {half:.4f}"
+
+
+def separated(a: list[float], b: list[float]) -> bool | None:
+    """True when a's 95% interval lies wholly below b's, False when wholly above, None when
+    they overlap or either has fewer than two values (no claim can be made)."""
+    (mean_a, half_a), (mean_b, half_b) = mean_interval(a), mean_interval(b)
+    if half_a is None or half_b is None:
+        return None
+    if mean_a + half_a < mean_b - half_b:
+        return True
+    if mean_a - half_a > mean_b + half_b:
+        return False
+    return None
 
 
 def published_row(plan: dict, cell: Cell):

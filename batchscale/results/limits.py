@@ -4,7 +4,9 @@ small-batch accuracy (issue 7), ours beside the study's.
 The small-batch accuracy is the mean final test accuracy of the first recipe of the study (its
 baseline) at the smallest batch size; for the study it is its baseline, Table I at B = 32. "Within
 1%" is absolute: mean test accuracy at least reference − 0.01. Batch sizes are also given as the
-factor over the smallest batch, the number that compares across scales.
+factor over the smallest batch, the number that compares across scales. A batch size whose runs
+all diverged or collapsed (batchscale/engine/collapse.py) "does not train": it has no accuracy
+and is never within 1%.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ STUDY_BASE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II)
 
 def _mean_test(cell) -> float | None:
     return mean_std(cell.values("test_acc"))[0]
+
+
+def _shown(cell, accuracy: float | None) -> str:
+    """A cell's mean accuracy, "does not train" when all its runs diverged or collapsed, or —."""
+    if accuracy is None:
+        return "does not train" if cell.runs and cell.failed_to_train == cell.runs else "—"
+    failed = len(cell.failed_to_train)
+    return f"{accuracy:.4f}" + (f" ({failed}/{len(cell.runs)} seeds do not train)"
+                                if failed else "")
 
 
 def largest_within(points: list[tuple[int, float | None]], reference: float) -> int | None:
@@ -56,7 +67,8 @@ def limit_lines(plan: dict, grouped: dict) -> list[str]:
              "study: largest B within 1% | study factor |", "|---|---|---:|---:|---:|---:|"]
     for recipe, cells in grouped.items():
         points = [(c.batch_size, _mean_test(c)) for c in cells]
-        shown = ", ".join(f"{b}: {'—' if a is None else f'{a:.4f}'}" for b, a in points)
+        shown = ", ".join(f"{c.batch_size}: {_shown(c, a)}"
+                          for c, (_, a) in zip(cells, points, strict=True))
         ours = largest_within(points, reference)
         table = plan.get("recipes", {}).get(recipe, {}).get("published")
         study_b = study_limit(table)[0] if table in ("I", "II", "III") else None

@@ -4,16 +4,16 @@
     batchscale report runs/mini --target 0.5    # steps-to-target at test accuracy 0.5
 
 Tables follow the study's Appendix C/D: final test and train accuracy per batch size per recipe,
-mean ± std over seeds, the study's published number beside each (from
-`batchscale.results.published`)
-and the difference. Diverged runs are marked with the step where they diverged. A closing
-sentence says, from the numbers, whether the study's ordering at the largest batch holds.
+the mean over seeds with its 95% t-interval (docs/statistics.md), the mean of the last 5 epochs
+beside it, the study's published number (from `batchscale.results.published`) and the
+difference. Diverged runs are marked with the step where they diverged, collapsed runs
+(batchscale/engine/collapse.py) with the epoch; neither counts in the means. A closing sentence
+says whether the study's ordering at the largest batch holds, claimed only where the intervals
+separate.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 
 from batchscale.results.collect import (
@@ -21,10 +21,12 @@ from batchscale.results.collect import (
     RunResult,
     cells,
     collect,
-    fmt_mean_std,
+    fmt_interval,
+    mean_interval,
     mean_std,
     peak_lr,
     published_row,
+    separated,
 )
 from batchscale.results.figures import write_figures
 from batchscale.results.limits import limit_lines
@@ -40,11 +42,20 @@ def _diff(values: list[float], reference: float | None) -> str:
     return f"{mean - reference:+.4f}"
 
 
+def failure(r: RunResult) -> str:
+    """"collapsed at epoch E", "diverged at step S", or "" for a run that trains."""
+    if r.collapsed_epoch is not None:
+        return f"collapsed at epoch {r.collapsed_epoch}"
+    if r.status == "diverged":
+        return f"diverged at step {r.summary.get('diverged_at_step')}"
+    return ""
+
+
 def notes(cell: Cell) -> str:
     parts = []
     for r in cell.runs:
-        if r.status == "diverged":
-            parts.append(f"seed {r.seed} diverged at step {r.summary.get('diverged_at_step')}")
+        if failure(r):
+            parts.append(f"seed {r.seed} {failure(r)}")
         elif r.status != "completed":
             parts.append(f"seed {r.seed} {r.status}")
     shared = sorted({r.directory for r in cell.runs if not r.directory.startswith(cell.recipe)})
@@ -59,8 +70,9 @@ def recipe_table(plan: dict, recipe: str, row_cells: list[Cell]) -> list[str]:
     factor = plan.get("published_batch_factor", 1)
     study_b = f" at B × {factor:g}" if factor != 1 else ""
     lines = [f"### {recipe}" + (f" (study: Table {table}{study_b})" if table else ""), "",
-             "| B | peak lr | seeds | test acc | study | Δ | train acc | study | Δ | notes |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| B | peak lr | seeds | test acc | last 5 ep. | study | Δ | train acc | study | Δ "
+             "| notes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for cell in row_cells:
         row = published_row(plan, cell)
         test, train = cell.values("test_acc"), cell.values("train_acc")
@@ -69,8 +81,9 @@ def recipe_table(plan: dict, recipe: str, row_cells: list[Cell]) -> list[str]:
         lr = peak_lr(cell.runs[0].config)
         lines.append(
             f"| {cell.batch_size} | {lr:.4g} | {len(cell.completed)}/{len(cell.runs)} | "
-            f"{fmt_mean_std(test)} | {_num(study_test)} | {_diff(test, study_test)} | "
-            f"{fmt_mean_std(train)} | {_num(study_train)} | {_diff(train, study_train)} | "
+            f"{fmt_interval(test)} | {fmt_interval(cell.late_values('test_acc'))} | "
+            f"{_num(study_test)} | {_diff(test, study_test)} | "
+            f"{fmt_interval(train)} | {_num(study_train)} | {_diff(train, study_train)} | "
             f"{notes(cell)} |")
     return lines + [""]
 
@@ -84,9 +97,7 @@ def runs_table(results: list[RunResult]) -> list[str]:
              "wall s |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in {r.directory: r for r in results}.values():
         final = r.final
-        lines.append(f"| {r.directory} | {r.status}"
-                     + (f" at step {r.summary.get('diverged_at_step')}"
-                        if r.status == "diverged" else "")
+        lines.append(f"| {r.directory} | {failure(r) or r.status}"
                      + f" | {len(r.metrics)} | {_num(final.get('train_acc'))} | "
                      f"{_num(final.get('test_acc'))} | "
                      f"{_num(max((m['test_acc'] for m in r.metrics), default=None))} | "
@@ -95,7 +106,8 @@ def runs_table(results: list[RunResult]) -> list[str]:
 
 
 def ordering_sentence(grouped: dict[str, list[Cell]]) -> str:
-    """Whether trivial < linear+warmup < per-worker-bn at the largest batch all three share."""
+    """Whether trivial < linear+warmup < per-worker-bn at the largest batch all three share,
+    claimed only where the 95% intervals of neighbouring recipes separate."""
     if not all(name in grouped for name in SGD_ORDER):
         return ""
     sizes = set.intersection(*({c.batch_size for c in grouped[n] if c.completed}
@@ -105,24 +117,26 @@ def ordering_sentence(grouped: dict[str, list[Cell]]) -> str:
                 "all three SGD recipes.")
     b = max(sizes)
     found = [next(c for c in grouped[n] if c.batch_size == b) for n in SGD_ORDER]
-    means = [mean_std(c.values("test_acc"))[0] for c in found]
-    variances = [statistics.variance(v) for v in (c.values("test_acc") for c in found)
-                 if len(v) > 1]
-    spread = math.sqrt(statistics.fmean(variances)) if variances else None
-    holds = means[0] < means[1] < means[2]
-    gaps = [means[1] - means[0], means[2] - means[1]]
-    text = (f"At the largest batch, B = {b}, the study's ordering trivial < linear+warmup < "
-            f"per-worker BN **{'holds' if holds else 'does not hold'}** in final test accuracy: "
-            f"trivial {means[0]:.4f}, linear+warmup {means[1]:.4f} ({gaps[0]:+.4f}), "
-            f"per-worker BN {means[2]:.4f} ({gaps[1]:+.4f}).")
-    if spread is None or spread == 0:
-        return text + " With one seed per run there is no seed-to-seed spread to compare with."
-    text += (f" The seed-to-seed standard deviation there (pooled over the recipes with ≥ 2 "
-             f"completed seeds) is {spread:.4f}, so the gaps are {gaps[0] / spread:+.1f} and "
-             f"{gaps[1] / spread:+.1f} standard deviations.")
-    if holds and min(gaps) < 2 * spread:
-        text += " At least one gap is under two standard deviations: the order is not resolved."
-    return text
+    values = [c.values("test_acc") for c in found]
+    shown = ", ".join(f"{name} {fmt_interval(v)}" for name, v in
+                      zip(("trivial", "linear+warmup", "per-worker BN"), values, strict=True))
+    text = f"At the largest batch, B = {b}, final test accuracy (95% interval over seeds): {shown}."
+    if any(mean_interval(v)[1] is None for v in values):
+        return (text + " With one seed in a cell there is no interval, so no ordering is "
+                "claimed; the point values alone cannot separate the recipes from seed noise.")
+    pairs = [separated(values[0], values[1]), separated(values[1], values[2])]
+    if all(p is True for p in pairs):
+        verdict = "The study's ordering trivial < linear+warmup < per-worker BN **holds**"
+    elif any(p is False for p in pairs):
+        verdict = ("The study's ordering **does not hold**: at least one later recipe is "
+                   "below an earlier one with separated intervals")
+    else:
+        verdict = ("The study's ordering is **not resolved**: the intervals of at least one "
+                   "neighbouring pair overlap")
+    names = ("trivial vs linear+warmup", "linear+warmup vs per-worker BN")
+    detail = "; ".join(f"{n}: {'separated' if p is not None else 'overlapping'}"
+                       for n, p in zip(names, pairs, strict=True))
+    return f"{text} {verdict} ({detail})."
 
 
 SETTING_FIELDS = ("dataset", "train_subset", "model", "width", "optimizer", "lr",
@@ -158,8 +172,11 @@ def write_report(out: Path, target: float | None = None) -> Path:
              "Generated by `batchscale report` from the run directories below; every number is "
              "read from their metrics.jsonl (final epoch) and summary.json.", "",
              "## Final accuracy per recipe and batch size", "",
-             "Mean ± std over seeds of the final epoch's accuracies; *study* is the published "
-             "number, Δ = ours − study.", ""]
+             "Mean over seeds of the final epoch's accuracies ± the half-width of its 95% "
+             "t-interval (n − 1 degrees of freedom; \"1 seed\": no interval); *last 5 ep.*: "
+             "the same for each run's mean over its last 5 epochs. *study* is the published "
+             "number, Δ = ours − study. Diverged and collapsed runs are not in the means; the "
+             "*seeds* column counts the runs that are.", ""]
     for recipe, row_cells in grouped.items():
         lines += recipe_table(plan, recipe, row_cells)
     lines += settings_lines(results)

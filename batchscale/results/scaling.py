@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from batchscale.analysis.landscape import loss_ceiling
-from batchscale.results.collect import collect
+from batchscale.results.collect import collect, fmt_interval, mean_interval
 
 DROP = 0.01  # "accuracy starts to drop": mean final test accuracy this far below the smallest B's
 
@@ -28,6 +28,11 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _share(pair: tuple[int, int]) -> str:
+    count, total = pair
+    return "—" if not total else f"{count}/{total} ({count / total:.0%})"
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
@@ -38,6 +43,8 @@ def measurements(out: Path, cell) -> dict:
     hessians = [_read(out / r.directory / "hessian.json") for r in cell.completed]
     noise = [[m.get("noise_b_simple") for m in r.metrics] for r in cell.completed]
     noise = [[v for v in series if v is not None] for series in noise]
+    late = [late_b_simple(r.metrics) for r in cell.completed]
+    tracked = [m for r in cell.completed for m in r.metrics if "noise_grad_sq" in m]
     return {
         "test_acc": _mean(cell.values("test_acc")),
         "sharpness": _mean([x["sharpness"] for x in landscapes if x]),
@@ -46,11 +53,48 @@ def measurements(out: Path, cell) -> dict:
         # with batch statistics of each BN group -- noisy for groups of a few images)
         "fit_acc": _mean([x["train_acc"][x["alpha"].index(0.0)] for x in landscapes if x]),
         "eigenvalue": _mean([x["eigenvalue"] for x in hessians if x]),
-        "b_simple_final": _mean([s[-1] for s in noise if s]),
-        "b_simple_median": _mean([statistics.median(s) for s in noise if s]),
+        # ratio of the last LATE epochs' mean tr(Σ) to their mean |G|², per run; seed mean
+        "b_simple_final": mean_interval([v for v in late if v is not None])[0],
+        "b_simple_late": [v for v in late if v is not None],
+        "b_simple_runs": (sum(v is not None for v in late), len(late)),
+        # epochs whose smoothed |G|² estimate is ≤ 0 (B_simple undefined), of all tracked
+        "undefined": (sum(not (m["noise_grad_sq"] or 0) > 0 for m in tracked), len(tracked)),
         "landscapes": [x for x in landscapes if x],
         "noise": [s for s in noise if s],
     }
+
+
+LATE = 5  # epochs at the end of a run that the noise-scale estimate is taken over
+
+
+def late_b_simple(metrics: list[dict], epochs: int = LATE) -> float | None:
+    """mean tr(Σ) / mean |G|² over the last `epochs` tracked epochs (None when untracked or
+    when the mean |G|² is ≤ 0: the estimate is undefined there, not skipped to a positive
+    epoch)."""
+    rows = [m for m in metrics if m.get("noise_grad_sq") is not None][-epochs:]
+    if not rows:
+        return None
+    grad_sq = statistics.fmean(m["noise_grad_sq"] for m in rows)
+    trace = statistics.fmean(m["noise_trace_sigma"] for m in rows)
+    return trace / grad_sq if grad_sq > 0 else None
+
+
+def _noise_cell(m: dict) -> str:
+    """B_simple over the last epochs with its 95% interval over seeds, or why there is none."""
+    defined, runs = m["b_simple_runs"]
+    if not runs or not m["undefined"][1]:
+        return "—"
+    if not defined:
+        return f"undefined (mean G² ≤ 0) in {runs}/{runs} runs"
+    shown = fmt_interval(m["b_simple_late"]).replace(" (1 seed)", "")
+    number = shown.split(" ")[0]
+    shown = shown.replace(number, f"{float(number):.3g}", 1)
+    if " ± " in shown:
+        mean, half = shown.split(" ± ")
+        shown = f"{mean} ± {float(half):.2g}"
+    seeds = f"{defined} seed" + ("s" if defined > 1 else "")
+    missing = f"; undefined in {runs - defined}" if defined < runs else ""
+    return f"{shown} ({seeds}{missing})"
 
 
 def drop_batch(cells: list, table: dict) -> int | None:
@@ -84,14 +128,18 @@ def divergences(out: Path, grouped) -> list[str]:
         except Exception:  # an unreadable sibling study is not this report's failure
             pass
     for name, r in runs.items():
-        if r.status == "diverged":
+        lr = r.summary.get("peak_lr")
+        lr_text = f", peak lr {lr:.4g}" if lr is not None else ""
+        if r.collapsed_epoch is not None:
+            lines.append(f"- `{name}` (B = {r.batch_size}{lr_text}) collapsed at epoch "
+                         f"{r.collapsed_epoch}: training accuracy at chance with a loss no "
+                         f"better than ln(classes) (docs/collapse.md); it does not train.")
+        elif r.status == "diverged":
             step = r.summary.get("diverged_at_step")
             per_epoch = r.summary.get("steps_per_epoch") or 0
             epoch = f", epoch {step // per_epoch + 1}" if step is not None and per_epoch else ""
-            lr = r.summary.get("peak_lr")
-            lr_text = f", peak lr {lr:.4g}" if lr is not None else ""
             lines.append(f"- `{name}` (B = {r.batch_size}{lr_text}) diverged at step "
-                         f"{step}{epoch}.")
+                         f"{step}{epoch} (non-finite loss).")
     return lines
 
 
@@ -168,22 +216,26 @@ def scaling_section(out: Path, grouped) -> list[str]:
              "Sharpness: training-loss rise at |α| = 0.5 along a filter-normalized random "
              "direction (`batchscale analyze landscape`). λ_max: top eigenvalue of the "
              "training-loss Hessian (`batchscale analyze hessian`). B_simple = tr(Σ)/|G|², the "
-             "gradient noise scale (`--track-noise-scale`), at the last epoch and its median "
-             "over training. *Fit*: accuracy on the landscape's fixed training sample at α = 0, "
+             f"gradient noise scale (`--track-noise-scale`): per run the ratio of the mean "
+             f"tr(Σ) to the mean |G|² over its last {LATE} epochs, then the mean over seeds ± "
+             "its 95% t-interval (undefined where the mean |G|² is ≤ 0: such runs are counted, "
+             "not replaced by an earlier positive epoch); *undefined epochs*: the share of "
+             "epochs whose smoothed |G|² estimate is ≤ 0 (docs/statistics.md). "
+             "*Fit*: accuracy on the landscape's fixed training sample at α = 0, "
              "BN in eval mode, no augmentation. Means over completed seeds; — where not "
              "measured.", "",
-             "| recipe | B | test acc | fit | sharpness | λ_max | B_simple (last) | "
-             "B_simple (median) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| recipe | B | test acc | fit | sharpness | λ_max | B_simple (last {LATE} ep.) | "
+             "undefined epochs |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for recipe, cells in grouped.items():
         for c in cells:
             m = tables[recipe][c.batch_size]
             lines.append(f"| {recipe} | {c.batch_size} | {_fmt(m['test_acc'])} | "
                          f"{_fmt(m['fit_acc'])} | {_fmt(m['sharpness'])} | "
                          f"{_fmt(m['eigenvalue'])} | "
-                         f"{_fmt(m['b_simple_final'], 3)} | {_fmt(m['b_simple_median'], 3)} |")
+                         f"{_noise_cell(m)} | {_share(m['undefined'])} |")
     lines += [""] + reading(grouped, tables, drops)
     if diverged:
-        lines += ["", "Diverged runs:", ""] + diverged
+        lines += ["", "Runs that do not train (diverged or collapsed):", ""] + diverged
     lines += [""] + [f"![{name}]({name})\n\n*{caption}*\n"
                      for name, caption in _plot(out, grouped, tables, drops)]
     return lines
@@ -208,7 +260,7 @@ def reading(grouped, tables: dict, drops: dict) -> list[str]:
                      f"batch's at B = {drop}" if drop else "mean test accuracy never falls "
                      f"more than {DROP:g} below the smallest batch's")
         if finals:
-            parts.append(f"B_simple at the last epoch spans {min(finals):.3g}–"
+            parts.append(f"B_simple over the last {LATE} epochs spans {min(finals):.3g}–"
                          f"{max(finals):.3g}, while {drop_text}")
         else:
             parts.append(drop_text)
