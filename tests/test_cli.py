@@ -1,7 +1,6 @@
 """Every user error ends as one line on stderr and exit code 2, never a traceback."""
 
 import io
-import json
 import os
 import shutil
 import subprocess
