@@ -6,6 +6,8 @@ The sweep tests train real runs of a tiny config (width 4, 200 images, 1 epoch):
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -245,7 +247,10 @@ def test_killing_the_study_ends_its_runs(tmp_path):
         if not any(_alive(pid) for pid in children):
             break
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in children)
+    survivors = [pid for pid in children if _alive(pid)]
+    for pid in survivors:  # leave no orphans behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
 
 
 def test_changed_epochs_are_refused_unless_extended(tmp_path, capsys):
