@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from batchscale.cli import build_parser, main
+from batchscale.engine.train import RunScale, train
 
-from conftest import ROOT
+from conftest import ROOT, tiny_config
 
 TINY = ["--width", "4", "--train-subset", "256", "--epochs", "1", "--batch-size", "64",
         "--quiet", "--threads", "2"]
@@ -220,3 +221,19 @@ def test_help_has_examples_presets_and_every_analyze_option_explained(capsys):
     for kind, sub in kinds.items():
         for action in sub._actions:
             assert action.help, f"analyze {kind} {action.option_strings or action.dest}"
+
+
+# ---------------------------------------------------------------------- the first hour
+def test_a_large_cpu_run_says_its_scale_and_estimates_its_time(tmp_path, capsys):
+    cfg = tiny_config(width=32, epochs=50, batch_size=8, base_batch_size=8, device="cpu")
+    summary = train(cfg, tmp_path / "run", stop_at_step=RunScale.ESTIMATE_AFTER + 1)
+    assert summary["status"] == "interrupted"
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "loading data: sample ..."
+    steps = 50 * (256 // 8)
+    assert f"this run is {steps:,} steps (50 epochs x 32 steps of 8 images)" in out
+    estimate = [ln for ln in lines if ln.startswith("estimate after 20 steps:")]
+    assert len(estimate) == 1 and "--width 16 --epochs 20" in estimate[0]
+    assert not RunScale.wanted(type("S", (), {"cfg": tiny_config(), "rank": 0,
+                                              "device": torch.device("cpu")})(), False)
