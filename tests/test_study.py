@@ -193,7 +193,7 @@ def test_changed_settings_are_refused(tmp_path):
 def test_train_images_without_loading_data():
     assert train_images(from_dict({"dataset": "sample"})) == 5000
     assert train_images(from_dict({"dataset": "cifar10", "train_subset": 10000})) == 10000
-    zip_path = Path(__file__).parents[1] / "batchscale" / "sample" / "cifar10-sample.zip"
+    zip_path = Path(__file__).parents[1] / "batchscale" / "engine" / "sample" / "cifar10-sample.zip"
     assert train_images(from_dict({"dataset": str(zip_path)})) == 5000
 
 
