@@ -266,6 +266,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.rounds < 2:
         raise UserError("--rounds must be at least 2 (the first is warm-up)")
+    check_json_path(args.json)
     base = load_yaml(Path(args.config)).to_dict() if args.config else BENCH_DEFAULTS
     cfg = from_dict({**base, **given_fields(args)})
     if cfg.threads:
@@ -285,6 +286,20 @@ def bench_command(args: argparse.Namespace) -> int:
         results["ghost"] = bench_ghost(ghost, args.rounds)
     emit(results, args.json)
     return 0
+
+
+def check_json_path(path: str | None) -> None:
+    """Refuse a --json path that cannot be written, before the benchmark runs."""
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UserError(f"--json {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise UserError(f"--json {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--json {path}: the folder {folder} is not writable")
 
 
 def save_json(result: dict, path: str | None) -> None:

@@ -18,6 +18,7 @@ from batchscale.config import (
     RESUMABLE_FIELDS,
     TrainConfig,
     add_config_options,
+    check_threads,
     from_dict,
     given_fields,
     load_yaml,
@@ -31,6 +32,17 @@ from batchscale.results.report import add_report_parser, report_command
 from batchscale.study.expand import add_study_parser
 from batchscale.study.sweep import study_command
 
+EXAMPLES = """examples:
+  batchscale train --out runs/a --width 16 --epochs 10     # a first run on a CPU (minutes)
+  batchscale train --out runs/a --resume                   # continue it after Ctrl-C or a kill
+  batchscale study --list                                  # the presets of the study
+  batchscale study demo --jobs 2                           # a small sweep, then its report
+  batchscale report runs/demo                              # report.md and figures again
+  batchscale analyze hessian runs/a                        # sharpness of a trained run
+  batchscale bench --width 16 --batch-size 128             # engine vs a plain PyTorch loop
+
+`batchscale COMMAND --help` lists each command's options."""
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit code 2."""
@@ -40,13 +52,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="batchscale", description=__doc__.splitlines()[0])
+    parser = Parser(prog="batchscale", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = commands.add_parser("train", help="train one run into a run directory")
     train.add_argument("--out", required=True, help="run directory to create (or resume)")
     train.add_argument("--config", help="YAML file of config fields")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with its own config.yaml")
+    train.add_argument("--extend-epochs", action="store_true",
+                       help="with --resume and --epochs N: train the run on to N epochs (step "
+                            "and constant schedules only; config.yaml is updated)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an existing run directory (only a folder holding a run's "
+                            "files is deleted)")
     train.add_argument("--quiet", action="store_true", help="no progress bar, no epoch lines")
     add_config_options(train)
     add_study_parser(commands)
@@ -59,24 +78,35 @@ def build_parser() -> Parser:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The config of a train command: a resumed run's own, a YAML file's, or the defaults."""
     given = given_fields(args)
+    if args.extend_epochs and not (args.resume and "epochs" in given):
+        raise UserError("--extend-epochs needs --resume and --epochs N")
     if args.resume:
+        if args.config:
+            raise UserError("--resume takes the run's own config.yaml; --config cannot change it")
+        if args.overwrite:
+            raise UserError("--resume and --overwrite contradict each other; choose one")
         saved = Path(args.out) / rundir.CONFIG
         if not saved.exists():
             raise UserError(f"cannot resume: {args.out} holds no run (no {rundir.CONFIG})")
         cfg = load_yaml(saved)
+        may_change = (*RESUMABLE_FIELDS, "epochs") if args.extend_epochs else RESUMABLE_FIELDS
         for name, value in given.items():
-            if name not in RESUMABLE_FIELDS and parse_value(name, value) != getattr(cfg, name):
+            if name not in may_change and parse_value(name, value) != getattr(cfg, name):
+                hint = " (to train longer: --extend-epochs)" if name == "epochs" else ""
                 raise UserError(f"--{name.replace('_', '-')} differs from the run being resumed; "
-                                f"only {', '.join(RESUMABLE_FIELDS)} may change")
-        return from_dict({**cfg.to_dict(), **given})
-    base = load_yaml(Path(args.config)).to_dict() if args.config else {}
-    return from_dict({**base, **given})
+                                f"only {', '.join(RESUMABLE_FIELDS)} may change{hint}")
+        cfg = from_dict({**cfg.to_dict(), **given})
+    else:
+        base = load_yaml(Path(args.config)).to_dict() if args.config else {}
+        cfg = from_dict({**base, **given})
+    check_threads(cfg)
+    return cfg
 
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                    quiet=args.quiet)
+                    quiet=args.quiet, extend_epochs=args.extend_epochs)
     # under `--workers` the launcher speaks for the workers; under torchrun, rank 0 does
     speaks = "rank" not in summary and not os.environ.get(LAUNCHER_ENV)
     if summary["status"] == "interrupted":
@@ -92,12 +122,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    """`batchscale report`, its options checked first."""
+    if args.target is not None and not 0 < args.target <= 1:
+        raise UserError(f"--target is a test accuracy in (0, 1], got {args.target}")
+    return report_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"train": run_train, "study": study_command, "report": report_command,
+        commands = {"train": run_train, "study": study_command, "report": run_report,
                     "analyze": analyze_command, "bench": bench_command}
         return commands[args.command](args)
     except UserError as err:

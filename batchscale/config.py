@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Fields that change how a run is computed, not what: a study treats runs differing only in
 # these as one, and a resumed run may change them.
 HOW_FIELDS = tuple(name for name, f in FIELDS.items() if not f.metadata["affects_result"])
-# What `--resume` may change: the how-fields, and epochs (a run may be extended).
-RESUMABLE_FIELDS = (*HOW_FIELDS, "epochs")
+# What `--resume` may change: the how-fields only. A different `epochs` is a different recipe
+# (`train --resume --extend-epochs` lengthens a step/constant schedule explicitly).
+RESUMABLE_FIELDS = HOW_FIELDS
 
 
 # ---------------------------------------------------------------------- command-line options
@@ -231,9 +233,25 @@ def dump_yaml(cfg: TrainConfig, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- validation
+MAX_SEED = 2**32  # a run's seed; the data order seeds a generator with seed * 1_000_003 + epoch
+THREADS_PER_CORE = 4  # --threads above cores x this is refused (oversubscription only slows)
+
+
+def check_threads(cfg: TrainConfig) -> None:
+    """Refuse more CPU threads than THREADS_PER_CORE per core of this machine. Checked where a
+    run starts, not in validate(): a saved config stays readable on a smaller machine."""
+    cores = os.cpu_count() or 1
+    if cfg.threads > THREADS_PER_CORE * cores:
+        raise UserError(f"threads {cfg.threads} exceeds {THREADS_PER_CORE} x the {cores} cores "
+                        f"of this machine")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every field and the rules between fields; raise UserError on the first failure."""
     for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} must be a finite number, got {value}")
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise UserError(f"{f.name} must be one of {', '.join(choices)}, "
@@ -248,6 +266,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if not 0 <= cfg.seed < MAX_SEED:
+        raise UserError(f"seed must be in [0, 2^32), got {cfg.seed}")
     if not 0 < cfg.bn_momentum <= 1:
         raise UserError(f"bn_momentum must be in (0, 1], got {cfg.bn_momentum}")
     if not cfg.trust_coefficient > 0:

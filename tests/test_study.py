@@ -6,25 +6,36 @@ The sweep tests train real runs of a tiny config (width 4, 200 images, 1 epoch):
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from batchscale.cli import main
 from batchscale.config import from_dict
 from batchscale.engine import rundir
+from batchscale.engine.lock import FolderLock
 from batchscale.engine.train import train
 from batchscale.errors import UserError
+from batchscale.results.report import write_report
 from batchscale.study.expand import (
     dry_run_table,
     expand,
     load_preset,
+    plan_document,
     preset_names,
     settings,
     train_images,
     unique_runs,
 )
-from batchscale.study.sweep import execute
+from batchscale.study.sweep import child_env, execute
+
+from conftest import ROOT
 
 TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500, "device": "cpu"}
 
@@ -189,3 +200,107 @@ def test_train_images_without_loading_data():
 def test_dry_run_table_marks_shared_and_finished_runs(tmp_path):
     text = dry_run_table(expand(load_preset("demo")), tmp_path)
     assert "= trivial/b32/seed0" in text
+
+
+# ---------------------------------------------------------------------- trust: the study folder
+def test_a_second_study_on_one_folder_is_refused(tmp_path, capsys):
+    with FolderLock(tmp_path, "batchscale study"):  # as a running study holds it
+        assert main(["study", "demo", "--out", str(tmp_path), "--set", "width=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in use by batchscale study" in err
+    assert not (tmp_path / "study.yaml").exists()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_study_ends_its_runs(tmp_path):
+    study = subprocess.Popen(
+        [sys.executable, "-m", "batchscale", "study", "demo", "--out", str(tmp_path),
+         "--jobs", "2", "--no-report", "--set", "width=4", "--set", "train_subset=256",
+         "--set", "epochs=50", "--set", "threads=1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    for _ in range(1200):  # until both runs have started (each holds its run directory)
+        children = _children(study.pid)
+        if len(children) == 2 or study.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert len(children) == 2, "the study did not start its runs"
+    study.kill()  # SIGKILL: the study cannot pass anything on itself
+    study.wait()
+    for _ in range(1200):  # a liveness wait, not a timing claim: each stops at its next step
+        if not any(_alive(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    survivors = [pid for pid in children if _alive(pid)]
+    for pid in survivors:  # leave no orphans behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors
+
+
+def test_changed_epochs_are_refused_unless_extended(tmp_path, capsys):
+    (run,) = tiny_runs((32,))
+    execute([run], tmp_path)
+    assert "logs" in capsys.readouterr().out  # the start line says where each run's log is
+    (longer,) = expand(tiny_preset((32,)), overrides={**TINY, "threads": 1, "epochs": 2})
+    with pytest.raises(UserError, match="pass --extend"):
+        execute([longer], tmp_path)
+    counts = execute([longer], tmp_path, extend=True)
+    assert (counts["skipped"], counts["completed"]) == (0, 1)
+    directory = tmp_path / run.directory
+    assert [r["epoch"] for r in rundir.read_metrics(directory)] == [1, 2]
+    assert "epochs: 2\n" in (directory / rundir.CONFIG).read_text()
+    assert execute([longer], tmp_path)["skipped"] == 1  # now it matches the plan
+
+    # the report lists planned runs that are missing or have no metrics, and counts neither
+    planned = expand(tiny_preset((32, 64, 128)), overrides={**TINY, "threads": 1, "epochs": 2})
+    empty = tmp_path / "trivial" / "b128" / "seed0"
+    empty.mkdir(parents=True)
+    (empty / rundir.CONFIG).write_text((directory / rundir.CONFIG).read_text()
+                                       .replace("batch_size: 32", "batch_size: 128"))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(plan_document(
+        tiny_preset((32, 64, 128)), planned, {"epochs": 2})))
+    report = write_report(tmp_path).read_text()
+    assert "**Missing runs** (2;" in report
+    assert "trivial/b64/seed0 (no run directory)" in report
+    assert "trivial/b128/seed0 (no metrics" in report
+    assert "--set epochs=2" in report  # the description says the preset was changed
+
+
+def test_plan_records_overrides():
+    preset = tiny_preset((32,))
+    runs = expand(preset, overrides={"width": 4})
+    plan = plan_document(preset, runs, {"width": 4})
+    assert plan["overrides"] == {"width": 4}
+    assert plan["description"].startswith(preset["description"].rstrip())
+    assert "changed for this study with --set width=4" in plan["description"]
+    assert plan_document(preset, runs)["description"] == preset["description"]
+
+
+def test_openmp_waits_passively_only_where_runs_share_cores(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr("batchscale.study.sweep.cores", lambda: 4)
+    assert "OMP_WAIT_POLICY" not in child_env(jobs=2, threads=2)
+    assert child_env(jobs=2, threads=4)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    assert child_env(jobs=4, threads=4)["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    result = subprocess.run([sys.executable, "-c", "import os, batchscale; "
+                             "print(os.environ.get('OMP_WAIT_POLICY'))"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "None"

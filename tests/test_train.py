@@ -117,8 +117,12 @@ def test_existing_run_directory_is_never_overwritten_silently(reference, tmp_pat
     with pytest.raises(UserError, match="exists"):
         train(tiny_config(epochs=1), tmp_path / "run", quiet=True)
     assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
-    train(tiny_config(epochs=1), tmp_path / "run", quiet=True, overwrite=True)
-    assert not (tmp_path / "run" / "notes.txt").exists()
+    with pytest.raises(UserError, match="not a run directory"):  # --overwrite deletes runs only
+        train(tiny_config(epochs=1), tmp_path / "run", quiet=True, overwrite=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "keep me"
+    train(tiny_config(epochs=1), tmp_path / "new", quiet=True)
+    train(tiny_config(epochs=1, seed=4), tmp_path / "new", quiet=True, overwrite=True)
+    assert "seed: 4" in (tmp_path / "new" / "config.yaml").read_text()
     with pytest.raises(UserError, match="no run"):
         train(tiny_config(), tmp_path / "elsewhere", resume=True, quiet=True)
 

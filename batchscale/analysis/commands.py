@@ -24,28 +24,34 @@ def add_analyze_parser(commands) -> None:
     analyze = commands.add_parser("analyze", help="loss landscape and Hessian sharpness of runs")
     kinds = analyze.add_subparsers(dest="analysis", required=True,
                                    parser_class=type(analyze))
-    common = {"--device": dict(default="auto", choices=("auto", "cpu", "cuda")),
+    common = {"--device": dict(default="auto", choices=("auto", "cpu", "cuda"),
+                               help="where to evaluate (default: auto, CUDA if available)"),
               "--threads": dict(type=int, default=0, help="CPU threads (0 = torch's default)")}
     land = kinds.add_parser("landscape", help="1-D filter-normalized loss slices (Li et al. "
                             "2018) of runs, or the path between two runs")
-    land.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    land.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                      help="run directories with a checkpoint.pt (their final weights)")
     land.add_argument("--interpolate", action="store_true",
                       help="the linear path from the first run's weights to the second's")
     land.add_argument("--points", type=int, help="α values (default 51; 41 with --interpolate)")
-    land.add_argument("--direction-seed", type=int, default=0)
+    land.add_argument("--direction-seed", type=int, default=0,
+                      help="seed of the random filter-normalized direction (default: 0)")
     land.add_argument("--include-1d", action="store_true",
                       help="also move BN scales/shifts and biases (default: direction 0 there)")
     land.add_argument("--train-images", type=int, default=1000,
                       help="fixed class-balanced sample of each run's training images (0 = all)")
-    land.add_argument("--test-images", type=int, default=0, help="0 = the whole test split")
+    land.add_argument("--test-images", type=int, default=0,
+                      help="test images per point (0 = the whole test split)")
     land.add_argument("--out", help="folder for the figure and the JSON of all curves "
                       "(default: the runs' common parent folder)")
     hess = kinds.add_parser("hessian", help="top eigenvalue of the training-loss Hessian")
-    hess.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    hess.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                      help="run directories with a checkpoint.pt (their final weights)")
     hess.add_argument("--images", type=int, default=1000, help="training images in the sample")
     hess.add_argument("--tol", type=float, default=1e-3,
                       help="stop when successive estimates differ by < tol × |λ|")
-    hess.add_argument("--max-iters", type=int, default=100)
+    hess.add_argument("--max-iters", type=int, default=100,
+                      help="most power iterations (default: 100)")
     hess.add_argument("--seed", type=int, default=0, help="sample and start-vector seed")
     for parser in (land, hess):
         for flag, options in common.items():

@@ -27,6 +27,7 @@ from batchscale.config import TrainConfig, dump_yaml
 from batchscale.engine import checkpoint, collapse, distributed, graphs, rundir, tensorboard
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
+from batchscale.engine.lock import FolderLock
 from batchscale.engine.setup import Setup, build
 from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, run_step
 from batchscale.errors import UserError
@@ -54,6 +55,48 @@ class StopFlag:
             signal.signal(signum, handler)
 
 
+# ---------------------------------------------------------------------- the first hour
+class RunScale:
+    """A large run on a CPU (width >= 32, >= 50 epochs: hours to days) says so: its steps when
+    it starts, and after the first ESTIMATE_AFTER steps how long its steps will take, with the
+    options that make a first look take minutes."""
+
+    MIN_WIDTH, MIN_EPOCHS, ESTIMATE_AFTER = 32, 50, 20
+    SMALLER = "--width 16 --epochs 20"
+
+    @classmethod
+    def wanted(cls, setup: Setup, quiet: bool) -> bool:
+        cfg = setup.cfg
+        return (not quiet and setup.rank == 0 and setup.device.type == "cpu"
+                and cfg.width >= cls.MIN_WIDTH and cfg.epochs >= cls.MIN_EPOCHS)
+
+    def __init__(self, setup: Setup, position: Position):
+        cfg, steps_per_epoch = setup.cfg, setup.plan.steps_per_epoch
+        self.total = steps_per_epoch * cfg.epochs
+        self.first_step: int | None = None
+        self.started = 0.0
+        self.reported = False
+        print(f"this run is {self.total:,} steps ({cfg.epochs} epochs x {steps_per_epoch} steps "
+              f"of {cfg.batch_size} images) of a width-{cfg.width} {cfg.model} on the CPU: "
+              f"hours to days; a first look in minutes: {self.SMALLER}", flush=True)
+
+    def step_done(self, global_step: int) -> None:
+        """Called after each step; times the steps after the first (which pays the warm-up)."""
+        if self.reported:
+            return
+        if self.first_step is None:
+            self.first_step, self.started = global_step, time.perf_counter()
+            return
+        timed = global_step - self.first_step
+        if timed < self.ESTIMATE_AFTER:
+            return
+        per_step = (time.perf_counter() - self.started) / timed
+        left_h = per_step * (self.total - global_step - 1) / 3600
+        print(f"estimate after {timed} steps: {per_step:.3g} s a step, about {left_h:.1f} h of "
+              f"training steps left (plus evaluation); smaller: {self.SMALLER}", flush=True)
+        self.reported = True
+
+
 # ---------------------------------------------------------------------- the run
 @dataclass
 class Position:
@@ -76,27 +119,44 @@ def restore(setup: Setup, run_dir: Path) -> Position:
     state = distributed.from_rank0(lambda: read_checkpoint(setup, run_dir))
     if state is None:
         return Position()
-    setup.model.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    checkpoint.set_rng_state(state["rng"])
-    position = Position(**state["position"])
+    try:
+        setup.model.load_state_dict(state["model"])
+        setup.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        position = Position(**state["position"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{run_dir / checkpoint.NAME} does not fit this run's model and "
+                        f"optimizer: {err}".splitlines()[0]) from None
     if setup.rank != 0:
         position.meter_state = None  # the saved partial sums are all workers' already
     return position
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "position", "rng")
+
+
 def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
-    """The checkpoint in `run_dir` (None if there is none); metrics rows after it are dropped."""
+    """The checkpoint in `run_dir` (None if there is none); metrics rows after it are dropped.
+    A checkpoint that is not a run's, or metrics shorter than the checkpoint, are refused."""
     path = run_dir / checkpoint.NAME
     checkpoint.remove_stale_temporaries(run_dir)
     if not path.exists():
         rundir.truncate_metrics(run_dir, 0)
         return None
     state = checkpoint.load(path)
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["position"], dict) or "epoch" not in state["position"]:
+        raise UserError(f"{path} is not a batchscale training checkpoint (it has no "
+                        f"{(missing or ['position.epoch'])[0]})")
     if state.get("world_size", 1) != setup.world_size:
         raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} workers; resume "
                         f"it with as many (not {setup.world_size}): batch norm depends on it")
-    rundir.truncate_metrics(run_dir, state["position"]["epoch"])
+    epoch, rows = state["position"]["epoch"], len(rundir.read_metrics(run_dir))
+    if rows < epoch:
+        raise UserError(f"{run_dir / rundir.METRICS} holds {rows} epoch rows but the checkpoint "
+                        f"is at epoch {epoch}: metrics were lost, so the run cannot be resumed "
+                        f"truthfully; start it again with --overwrite")
+    rundir.truncate_metrics(run_dir, epoch)
     return state
 
 
@@ -174,17 +234,39 @@ def memory(setup: Setup) -> dict:
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, stop_at_step: int | None = None) -> dict:
+          quiet: bool = False, stop_at_step: int | None = None,
+          extend_epochs: bool = False) -> dict:
     """Train (or resume) the run in `out`; return its summary. `stop_at_step` is for tests:
     it behaves as a SIGTERM arriving after that global step. With `cfg.workers` this starts
-    torchrun; under torchrun every worker runs this, and only rank 0 touches `out`."""
+    torchrun; under torchrun every worker runs this, and only rank 0 touches `out`. The run
+    directory is locked for as long as this runs; a resumed run trains to a different number of
+    epochs only with `extend_epochs` (see rundir.extend_epochs)."""
     run_dir = Path(out)
     tensorboard.check(cfg)
-    if cfg.workers and not distributed.launched():
-        return distributed.launch(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
-    with distributed.process_group(cfg) as world:
-        return run(cfg, run_dir, world, resume=resume, overwrite=overwrite, quiet=quiet,
-                   stop_at_step=stop_at_step)
+    with run_dir_lock(run_dir):
+        if resume and speaks_for_run_dir():
+            rundir.extend_epochs(run_dir, cfg, extend_epochs)
+        if cfg.workers and not distributed.launched():
+            return distributed.launch(cfg, run_dir, resume=resume, overwrite=overwrite,
+                                      quiet=quiet)
+        with distributed.process_group(cfg) as world:
+            return run(cfg, run_dir, world, resume=resume, overwrite=overwrite, quiet=quiet,
+                       stop_at_step=stop_at_step)
+
+
+def speaks_for_run_dir() -> bool:
+    """Whether this process owns the run directory: a plain run, the `--workers` launcher, or
+    rank 0 under an outer torchrun (the launcher's own workers leave it to the launcher)."""
+    if os.environ.get(distributed.LAUNCHER_ENV):
+        return False
+    return not distributed.launched() or os.environ.get("RANK") == "0"
+
+
+def run_dir_lock(run_dir: Path):
+    """The run directory's lock, held by the process that owns it (see speaks_for_run_dir)."""
+    if not speaks_for_run_dir():
+        return contextlib.nullcontext()
+    return FolderLock(run_dir, "batchscale train")
 
 
 def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bool,
@@ -199,6 +281,8 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
         return resume
 
     resume = distributed.from_rank0(check_run_dir)
+    if main and not quiet:
+        print(f"loading data: {cfg.dataset} ...", flush=True)
     # user errors in the data surface before any write
     setup = distributed.local_rank0_first(
         lambda: build(cfg, not quiet and main, world.size, world.rank))
@@ -216,9 +300,11 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
         position.epoch * setup.plan.steps_per_epoch + position.step))
     setup.graph = graphs.attach(setup, quiet)  # the step from a CUDA graph where supported
+    notice = RunScale(setup, position) if RunScale.wanted(setup, quiet) else None
     try:
         with StopFlag() as stop:
-            status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
+            status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step,
+                                      notice)
     except Exception as err:
         if main:
             summary = summarize(setup, "failed", position, rundir.read_metrics(run_dir),
@@ -239,7 +325,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
 
 
 def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quiet: bool,
-           stop_at_step: int | None) -> tuple[str, int | None]:
+           stop_at_step: int | None, notice: RunScale | None = None) -> tuple[str, int | None]:
     """Run the remaining epochs; return (status, diverged_at_step). With cfg.stop_on_collapse
     a run whose metrics meet the collapse rule ends `diverged` (also when resumed after it)."""
     cfg = setup.cfg
@@ -247,7 +333,7 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
         return "diverged", None
     while position.epoch < cfg.epochs:
         started = time.perf_counter()
-        outcome = train_epoch(setup, position, stop, quiet, stop_at_step)
+        outcome = train_epoch(setup, position, stop, quiet, stop_at_step, notice)
         if outcome is not None:
             position.wall_s += time.perf_counter() - started
         if outcome == "interrupted":
@@ -264,7 +350,7 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
 
 
 def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
-                stop_at_step: int | None):
+                stop_at_step: int | None, notice: RunScale | None = None):
     """Steps of one epoch from `position`; None when done, 'interrupted', or a diverged step."""
     cfg, plan = setup.cfg, setup.plan
     loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, position.epoch,
@@ -281,6 +367,8 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
         images, labels = loader.batch(step)
         run_step(setup, meter, prepare_input(setup, images), labels, global_step,
                  plan.lr_at(global_step))
+        if notice is not None:
+            notice.step_done(global_step)
         position.step = step + 1
         stopping = bool(stop.signum) or (stop_at_step is not None
                                          and global_step + 1 >= stop_at_step)

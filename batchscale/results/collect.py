@@ -93,21 +93,49 @@ def _load_run(out: Path, recipe: str, directory: str, seed: int | None = None) -
 
 
 def collect(out: Path) -> tuple[dict, list[RunResult]]:
-    """The sweep's plan (study.yaml, if any) and every run directory that has a config."""
+    """The sweep's plan (study.yaml, if any) and every run directory that has a config and
+    metrics (or diverged before its first epoch ended). Planned runs that are not there, or have
+    no metrics, are listed in plan["missing"] ("<recipe>/b<B>/seed<S> (why)"), never dropped
+    silently; a run without metrics is not counted as a seed."""
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"no study directory {out}")
+    if (out / rundir.CONFIG).exists():
+        raise UserError(f"{out} is a run directory; report reads a study folder (the --out of "
+                        f"`batchscale study`); a run's numbers are in its {rundir.SUMMARY} and "
+                        f"{rundir.METRICS}")
     plan_path = out / rundir.STUDY_PLAN
+    try:
+        plan = (yaml.safe_load(plan_path.read_text()) or {}) if plan_path.exists() else {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {plan_path}: {err}".splitlines()[0]) from None
+    if not isinstance(plan, dict):
+        raise UserError(f"cannot read {plan_path}: not a mapping")
     if plan_path.exists():
-        plan = yaml.safe_load(plan_path.read_text()) or {}
-        results = [_load_run(out, r["recipe"], r["directory"], r["seed"])
-                   for r in plan.get("runs", []) if (out / r["directory"] / rundir.CONFIG).exists()]
+        planned = [(r["recipe"], r["directory"], r["seed"],
+                    f"{r['recipe']}/b{r['batch_size']}/seed{r['seed']}")
+                   for r in plan.get("runs", [])]
     else:
-        plan = {}
         found = [p.parent.relative_to(out) for p in sorted(out.rglob(rundir.CONFIG))]
-        results = [_load_run(out, rel.parts[0], rel.as_posix()) for rel in found]
+        planned = [(rel.parts[0], rel.as_posix(), None, rel.as_posix()) for rel in found]
+    results, missing = [], []
+    for recipe, directory, seed, name in planned:
+        if not (out / directory / rundir.CONFIG).exists():
+            missing.append(f"{name} (no run directory)")
+            continue
+        try:
+            result = _load_run(out, recipe, directory, seed)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+            raise UserError(f"cannot read the run in {out / directory}: "
+                            f"{type(err).__name__}: {err}".splitlines()[0]) from None
+        if not result.metrics and result.status != "diverged":
+            missing.append(f"{name} (no metrics; {result.status})")
+            continue
+        results.append(result)
+    plan["missing"] = missing
     if not results:
-        raise UserError(f"{out} holds no run directories (no {rundir.CONFIG} below it)")
+        raise UserError(f"{out} holds no run directories with metrics (no {rundir.CONFIG} and "
+                        f"{rundir.METRICS} below it)")
     return plan, results
 
 

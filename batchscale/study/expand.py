@@ -14,6 +14,7 @@ change nothing) are trained once and shown in every recipe that has them. Execut
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import zipfile
@@ -132,13 +133,17 @@ def expand(preset: dict, seeds: int | None = None, overrides: dict | None = None
     return runs
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_threads(jobs: int) -> int:
     """The cores this process may use, shared among `jobs` runs at once."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(jobs, 1))
+    return max(1, cores() // max(jobs, 1))
 
 
 def unique_runs(runs: list[Run]) -> list[Run]:
@@ -212,11 +217,18 @@ def run_state(directory: Path) -> str:
     return status if status in rundir.FINAL_STATUSES else "resume"
 
 
-def plan_document(preset: dict, runs: list[Run]) -> dict:
-    """What the report needs to know about the sweep, written to `<out>/study.yaml`."""
+def plan_document(preset: dict, runs: list[Run], overrides: dict | None = None) -> dict:
+    """What the report needs to know about the sweep, written to `<out>/study.yaml`. `--set`
+    overrides are recorded, and the description says that they changed the preset."""
+    description = preset.get("description", "")
+    if overrides:
+        changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        description = (f"{description.rstrip()} — changed for this study with --set {changed} "
+                       f"(the preset's description above is of the preset as shipped).")
     return {
         "preset": preset["name"],
-        "description": preset.get("description", ""),
+        "description": description,
+        "overrides": dict(overrides or {}),
         "published_batch_factor": preset.get("published_batch_factor", 1),
         "notes": preset.get("notes", ""),
         "recipes": {name: {"published": preset["recipes"][name].get("published")}
@@ -229,7 +241,12 @@ def plan_document(preset: dict, runs: list[Run]) -> dict:
 # ---------------------------------------------------------------------- command line
 def add_study_parser(commands) -> None:
     """The `study` subcommand's options (run by batchscale.study.sweep.study_command)."""
-    study = commands.add_parser("study", help="run a preset's sweep of runs, then its report")
+    study = commands.add_parser(
+        "study", help="run a preset's sweep of runs, then its report",
+        description="Run a preset's sweep of runs, then its report.",
+        epilog="presets:\n" + list_presets() + "\n\nexample: batchscale study demo --jobs 2 "
+               "--set width=16",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     study.add_argument("preset", nargs="?", help="a preset name (see --list)")
     study.add_argument("--list", action="store_true", help="list the presets and exit")
     study.add_argument("--out", help="sweep directory (default: runs/PRESET)")
@@ -262,6 +279,9 @@ def add_study_parser(commands) -> None:
                        help="another sbatch option, e.g. account=proj or mem=64G (repeatable)")
     study.add_argument("--wait", action="store_true",
                        help="with --launcher slurm: wait for the jobs, then write the report")
+    study.add_argument("--extend", action="store_true",
+                       help="train finished runs on to a larger --set epochs=N (step and "
+                            "constant schedules only); without it a changed length is refused")
 
 
 def list_presets() -> str:

@@ -6,10 +6,17 @@ Completed and diverged runs are skipped, others resumed from their checkpoint; a
 (non-zero exit) is reported and the sweep goes on. Ctrl-C or SIGTERM stops every run at its next
 step with a checkpoint; rerunning the same command resumes. Each run's output goes to
 `<out>/logs/<recipe>_b<B>_seed<S>.log`.
+
+The study folder is locked while the sweep runs (a second `study` on it is refused), and each
+run's `train` process is told to stop (SIGTERM, so it checkpoints) when the sweep's process
+dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG). A study asking for more epochs than its runs
+were trained for is refused unless `--extend` (then step/constant schedules are trained on).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -20,14 +27,16 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from batchscale.config import RESUMABLE_FIELDS, config_flags, load_yaml
+from batchscale.config import RESUMABLE_FIELDS, check_threads, config_flags, load_yaml
 from batchscale.engine import rundir
+from batchscale.engine.lock import FolderLock
 from batchscale.errors import UserError
 from batchscale.results.report import write_report
 from batchscale.study import launchers
 from batchscale.study.expand import (
     PLAN_FILE,
     Run,
+    cores,
     dry_run_table,
     expand,
     list_presets,
@@ -42,27 +51,81 @@ from batchscale.study.gpus import Placement, check_fits, gpus_needed, visible_gp
 POLL_S = 0.5
 
 
-def check_existing(runs: list[Run], out: Path) -> None:
-    """Refuse to mix settings: an existing run must have the settings the preset now gives."""
+def check_existing(runs: list[Run], out: Path, extend: bool = False) -> None:
+    """Refuse to mix settings: an existing run must have the settings the preset now gives.
+    A different number of epochs is refused too, unless `extend` (the runs are trained on)."""
     for run in unique_runs(runs):
         saved = out / run.directory / rundir.CONFIG
         if not saved.exists():
             continue
         old, new = load_yaml(saved).to_dict(), run.cfg.to_dict()
-        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+        changed = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]
+                   and not (extend and k == "epochs")]
+        if "epochs" in changed:
+            raise UserError(f"{saved.parent} was run for {old['epochs']} epochs, the study now "
+                            f"asks {new['epochs']}: a different length is a different recipe; "
+                            f"pass --extend to train the runs on, or use another --out")
         if changed:
             k = changed[0]
             raise UserError(f"{saved.parent} was run with {k}={old.get(k)!r}, the study now "
                             f"asks {k}={new[k]!r}; use another --out or remove that run")
+        if extend and new["epochs"] != old["epochs"]:
+            rundir.check_extension(saved.parent, load_yaml(saved), new["epochs"])
+
+
+def saved_epochs(directory: Path) -> int | None:
+    saved = directory / rundir.CONFIG
+    return load_yaml(saved).epochs if saved.exists() else None
+
+
+def to_train(run: Run, out: Path) -> bool:
+    """Whether a run still needs training: not finished, or planned longer than it ran."""
+    directory = out / run.directory
+    if run_state(directory) not in rundir.FINAL_STATUSES:
+        return True
+    return run_state(directory) == "completed" and saved_epochs(directory) != run.cfg.epochs
 
 
 def train_command(run: Run, directory: Path, resume: bool) -> list[str]:
     command = [sys.executable, "-m", "batchscale", "train", "--out", str(directory), "--quiet"]
     if resume:
-        return command + ["--resume", "--threads", str(run.cfg.threads),
-                          "--epochs", str(run.cfg.epochs)]
+        return command + ["--resume", "--threads", str(run.cfg.threads)]
     # a directory without config.yaml holds nothing to keep
     return command + config_flags(run.cfg) + ["--overwrite"]
+
+
+# ---------------------------------------------------------------------- the child processes
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
+
+
+LIBC = _libc()
+
+
+def die_with_parent(parent: int):
+    """A preexec_fn: the child gets SIGTERM (and checkpoints) when the sweep's process dies,
+    however it dies; if the parent is already gone, the child ends at once."""
+    def preexec() -> None:
+        if LIBC is not None:
+            LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+def child_env(jobs: int, threads: int) -> dict:
+    """The children's environment: OpenMP threads sleep while waiting (OMP_WAIT_POLICY=PASSIVE)
+    only where the runs share cores (jobs x threads > cores); a value set by the user stays."""
+    env = dict(os.environ)
+    if jobs * max(threads, 1) > cores():
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
 
 
 @dataclass
@@ -74,7 +137,7 @@ class Active:
     gpus: list[int] = field(default_factory=list)  # indices into the study's Placement
 
 
-def start(run: Run, out: Path, env: dict | None = None) -> Active:
+def start(run: Run, out: Path, jobs: int = 1, gpu_env: dict | None = None) -> Active:
     directory = out / run.directory
     resume = (directory / rundir.CONFIG).exists()
     logs = out / "logs"
@@ -82,8 +145,13 @@ def start(run: Run, out: Path, env: dict | None = None) -> Active:
     log = open(logs / (run.directory.replace("/", "_") + ".log"), "a")
     log.write(f"# {'resume' if resume else 'start'} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     log.flush()
-    process = subprocess.Popen(train_command(run, directory, resume), stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    command = train_command(run, directory, resume)
+    if resume and saved_epochs(directory) != run.cfg.epochs:  # checked by check_existing
+        command += ["--extend-epochs", "--epochs", str(run.cfg.epochs)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL,
+                               env={**child_env(jobs, run.cfg.threads), **(gpu_env or {})},
+                               preexec_fn=die_with_parent(os.getpid()))
     return Active(run, process, log)
 
 
@@ -91,7 +159,10 @@ def outcome(active: Active, out: Path) -> tuple[str, str]:
     """How a finished run ended: (status, one line for the user)."""
     directory = out / active.run.directory
     summary_path = directory / rundir.SUMMARY
-    summary = rundir.read_json(summary_path) if summary_path.exists() else {}
+    try:
+        summary = rundir.read_json(summary_path) if summary_path.exists() else {}
+    except UserError:
+        summary = {}
     status = summary.get("status", "failed")
     code = active.process.returncode
     if code and status in rundir.FINAL_STATUSES:
@@ -125,23 +196,30 @@ def _raise_terminated(signum, frame):
 
 
 def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = None,
-            preset_document: dict | None = None, runs_per_gpu: int = 1) -> dict[str, int]:
+            preset_document: dict | None = None, extend: bool = False,
+            runs_per_gpu: int = 1) -> dict[str, int]:
     """Run every unfinished run; return counts by outcome. `stop_after` (for tests) stops
-    launching new runs once that many have finished, as an interruption would. On a machine
-    with GPUs each run gets its own through CUDA_VISIBLE_DEVICES, `runs_per_gpu` per GPU."""
+    launching new runs once that many have finished, as an interruption would. The study
+    folder is locked meanwhile. On a machine with GPUs each run gets its own through
+    CUDA_VISIBLE_DEVICES, `runs_per_gpu` per GPU."""
     placement = Placement(visible_gpus(), runs_per_gpu)
     check_fits([gpus_needed(r.cfg) for r in runs], len(placement.gpus), runs_per_gpu)
-    out.mkdir(parents=True, exist_ok=True)
-    check_existing(runs, out)
+    with FolderLock(out, "batchscale study"):
+        return _execute(runs, out, jobs, stop_after, preset_document, extend, placement)
+
+
+def _execute(runs, out, jobs, stop_after, preset_document, extend, placement) -> dict[str, int]:
+    check_existing(runs, out, extend)
     if preset_document is not None:
         (out / PLAN_FILE).write_text(yaml.safe_dump(preset_document, sort_keys=False))
-    todo = [r for r in unique_runs(runs) if run_state(out / r.directory) not in
-            rundir.FINAL_STATUSES]
+    todo = [r for r in unique_runs(runs) if to_train(r, out)]
     total = len(unique_runs(runs))
     counts = {"skipped": total - len(todo), "completed": 0, "diverged": 0, "failed": 0,
               "interrupted": 0}
     bar = tqdm(total=total, initial=counts["skipped"], desc="runs", unit="run",
                dynamic_ncols=True, disable=not sys.stderr.isatty())
+    print(f"study {out}: {len(todo)} of {total} runs to train, {jobs} at a time; each run's "
+          f"output in {out / 'logs'}/", flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     active: list[Active] = []
     try:
@@ -161,7 +239,9 @@ def _loop(todo, out, jobs, stop_after, active, counts, bar, placement: Placement
             gpus = placement.take(queue[0].cfg)
             if gpus is None:  # every GPU it could use is full: wait for a run to end
                 break
-            active.append(start(queue.pop(0), out, placement.environment(gpus)))
+            gpu_env = {"CUDA_VISIBLE_DEVICES": placement.environment(gpus, {})[
+                "CUDA_VISIBLE_DEVICES"]} if gpus else None
+            active.append(start(queue.pop(0), out, jobs, gpu_env))
             active[-1].gpus = gpus
         if not active:
             return
@@ -212,7 +292,9 @@ def study_command(args) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     preset = load_preset(args.preset)
-    runs = expand(preset, args.seeds, parse_overrides(args.set), args.jobs)
+    overrides = parse_overrides(args.set)
+    runs = expand(preset, args.seeds, overrides, args.jobs)
+    check_threads(runs[0].cfg)
     out = Path(args.out or Path("runs") / args.preset)
     if args.dry_run:
         print(dry_run_table(runs, out))
@@ -220,10 +302,11 @@ def study_command(args) -> int:
         return 0
     launchers.check_options(args, runs)  # --launcher slurm and --status: launchers.py
     if args.launcher == "slurm":
-        check_existing(runs, out)
+        check_existing(runs, out, args.extend)
     if args.status or args.launcher == "slurm":
-        return launchers.launcher_command(args, runs, out, plan_document(preset, runs))
-    counts = execute(runs, out, args.jobs, preset_document=plan_document(preset, runs),
+        return launchers.launcher_command(args, runs, out, plan_document(preset, runs, overrides))
+    counts = execute(runs, out, args.jobs, extend=args.extend,
+                     preset_document=plan_document(preset, runs, overrides),
                      runs_per_gpu=args.runs_per_gpu)
     print("runs: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), flush=True)
     if counts["interrupted"]:
