@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, distributed, rundir
+from batchscale.engine import checkpoint, distributed, localsgd, rundir
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup, build
-from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, train_step
+from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, use_batch
 from batchscale.errors import UserError
 
 
@@ -61,6 +61,7 @@ class Position:
     best_test_acc: float = 0.0
     meter_state: dict | None = None
     noise_state: dict | None = None  # issue 5: the noise-scale moving averages
+    local_state: dict | None = None  # local SGD: workers 1..W-1's models and optimizers
 
 
 def run_state(setup: Setup, position: Position) -> dict:
@@ -175,6 +176,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
     setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
     compile_model(setup)  # issue 6: --compile
+    setup.local = localsgd.attach(setup, position)  # after the DDP wrap
     try:
         with StopFlag() as stop:
             status, bad_step = epochs(setup, run_dir, position, stop, quiet, stop_at_step)
@@ -202,6 +204,8 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
     while position.epoch < cfg.epochs:
         started = time.perf_counter()
         outcome = train_epoch(setup, position, stop, quiet, stop_at_step)
+        if outcome is None or outcome == "interrupted":
+            localsgd.keep_state(setup, position)  # every worker: rank 0 gathers
         if outcome is not None:
             position.wall_s += time.perf_counter() - started
         if outcome == "interrupted":
@@ -218,7 +222,10 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
                 stop_at_step: int | None):
     """Steps of one epoch from `position`; None when done, 'interrupted', or a diverged step."""
     cfg, plan = setup.cfg, setup.plan
-    loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, position.epoch,
+    batch = plan.batch_in(position.epoch, cfg.batch_size)  # batch growth changes it
+    if plan.epoch_batches:
+        use_batch(setup, batch)
+    loader = EpochLoader(setup.train, batch, cfg.seed, position.epoch,
                          rank=setup.rank, world_size=setup.world_size)
     meter = (Meter.from_state(position.meter_state, setup.device) if position.meter_state
              else Meter.zeros(setup.device))
@@ -228,10 +235,11 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
                disable=quiet or setup.rank != 0 or not sys.stderr.isatty())
     tick, first_step = time.perf_counter(), position.step
     for step in range(position.step, len(loader)):
-        global_step = position.epoch * len(loader) + step
+        global_step = plan.epoch_start(position.epoch) + step
         set_lr(setup.optimizer, plan.lr_at(global_step))
         images, labels = loader.batch(step)
-        loss, logits = train_step(setup, prepare_input(setup, images), labels)
+        loss, logits = localsgd.train_step(setup, prepare_input(setup, images), labels,
+                                           global_step)
         meter.add(loss, logits, labels, global_step)
         position.step = step + 1
         stopping = bool(stop.signum) or (stop_at_step is not None
@@ -255,7 +263,7 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
     distributed.reduce_meter(meter)  # all workers' sums: rank 0 reports the global numbers
     position.meter_state = meter.state()
     position.meter_state["images_per_sec"] = (
-        (len(loader) - first_step) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9))
+        (len(loader) - first_step) * batch / max(time.perf_counter() - tick, 1e-9))
     return None
 
 
@@ -268,11 +276,11 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
         return
     test_loss, test_acc = evaluate(setup, setup.test)
     position.wall_s += time.perf_counter() - started
-    steps_per_epoch = setup.plan.steps_per_epoch
+    end_step = setup.plan.epoch_start(position.epoch + 1)
     row = {
         "epoch": position.epoch + 1,
-        "step": (position.epoch + 1) * steps_per_epoch,
-        "lr": setup.plan.lr_at((position.epoch + 1) * steps_per_epoch - 1),
+        "step": end_step,
+        "lr": setup.plan.lr_at(end_step - 1),
         "train_loss": meter["loss_sum"].item() / meter["count"],
         "train_acc": meter["correct"].item() / meter["count"],
         "test_loss": test_loss,
@@ -284,6 +292,7 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
         raise RuntimeError("non-finite training loss escaped the divergence check")
     if setup.noise is not None:
         row.update(setup.noise.row())
+    row.update(localsgd.epoch_row(setup, position.epoch))
     rundir.append_metrics(run_dir, row)
     position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
     position.best_test_acc = max(position.best_test_acc, test_acc)
