@@ -123,7 +123,7 @@ def test_synchronous_phase_keeps_the_workers_equal_but_their_bn_statistics(data)
 
 def test_syncs_and_bytes_per_epoch_are_counted_by_hand(tmp_path):
     # 4 steps an epoch; local from epoch 1 (step 4), H = 3: averages after steps 6, 9
-    cfg = tiny_config(epochs=3, local_workers=4, local_steps=3, local_start_epoch=1)
+    cfg = tiny_config(epochs=3, local_workers=2, local_steps=3, local_start_epoch=1)
     train(cfg, tmp_path / "run", quiet=True)
     rows = rundir.read_metrics(tmp_path / "run")
     setup = build(cfg, progress=False)
