@@ -73,6 +73,11 @@ class TrainConfig:
     decay_every: float = _opt(50.0, "step schedule: epochs between decays, counted from the start")
     decay_factor: float = _opt(0.1, "step schedule: multiply the lr by this at each decay")
     epochs: int = _opt(200, "training epochs")
+    # -- growing the batch instead of decaying the rate (Smith et al. 2018) --
+    batch_growth: int = _opt(1, "step schedule: at each decay multiply the batch by this instead "
+                                "(the rate then changes by decay_factor x batch_growth; 1 = off)")
+    max_batch_size: int = _opt(0, "with batch_growth: the largest batch; past it the rate decays "
+                                  "as usual (0 = the training set bounds it)")
     # ---- batch norm ----
     bn_group: int = _opt(0, "samples per batch-norm group, as one worker's batch "
                             "(0 = the whole batch)")
@@ -88,6 +93,13 @@ class TrainConfig:
     dist_timeout: float = _opt(600.0, "seconds a worker waits for its peers (to join, or in a "
                                       "collective) before the run ends with an error",
         affects_result=False)
+    # -- local SGD / post-local SGD (Lin et al. 2020) --
+    local_steps: int = _opt(1, "local SGD: each worker takes H steps on its own batch, then the "
+                               "workers average their models (1 = synchronous training)")
+    local_start_epoch: int = _opt(0, "local SGD from this epoch on, synchronous before it (-1 = "
+                                     "post-local SGD: from the step schedule's first decay)")
+    local_workers: int = _opt(0, "simulate this many workers in one process, each with its own "
+                                 "model replica, optimizer state and B/W share (0 = off)")
     # ---- run ----
     seed: int = _opt(0, "seeds the weights, the data order and the augmentation")
     device: str = _opt("auto", "auto | cpu | cuda", ("auto", "cpu", "cuda"),
@@ -292,3 +304,68 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"batch_size {cfg.batch_size} is not a multiple of workers {cfg.workers}")
     if cfg.sync_bn and cfg.group_size != cfg.batch_size:
         raise UserError("sync_bn normalizes over the whole global batch; it needs bn_group 0")
+    check_local_sgd(cfg)
+    check_batch_growth(cfg)
+
+
+def first_decay_epoch(cfg: TrainConfig) -> int:
+    """The first epoch the step schedule trains at a decayed rate."""
+    return math.ceil(cfg.decay_every - 1e-9)
+
+
+def local_start(cfg: TrainConfig) -> int:
+    """The epoch local SGD starts (local_start_epoch, -1 resolved to the first decay)."""
+    return first_decay_epoch(cfg) if cfg.local_start_epoch == -1 else cfg.local_start_epoch
+
+
+def check_local_sgd(cfg: TrainConfig) -> None:
+    """The rules of --local-steps, --local-start-epoch and --local-workers."""
+    if cfg.local_steps < 1:
+        raise UserError(f"local_steps must be at least 1, got {cfg.local_steps}")
+    if cfg.local_start_epoch < -1:
+        raise UserError(f"local_start_epoch must be -1 (post-local) or an epoch, got "
+                        f"{cfg.local_start_epoch}")
+    if cfg.local_start_epoch == -1 and cfg.schedule != "step":
+        raise UserError("local_start_epoch -1 (the first decay) needs schedule step")
+    if local_start(cfg) >= cfg.epochs:
+        raise UserError(f"local SGD would start at epoch {local_start(cfg)}, after the last "
+                        f"epoch ({cfg.epochs})")
+    workers = cfg.local_workers
+    if workers < 0 or workers == 1:
+        raise UserError(f"local_workers must be 0 (off) or at least 2, got {workers}")
+    if workers and cfg.workers:
+        raise UserError("local_workers simulates workers in one process; it cannot be combined "
+                        "with workers (real torchrun workers)")
+    if workers and cfg.batch_size % workers:
+        raise UserError(f"batch_size {cfg.batch_size} is not a multiple of local_workers "
+                        f"{workers}")
+    if workers and cfg.bn_group and (cfg.batch_size // workers) % cfg.bn_group:
+        raise UserError(f"the per-worker batch {cfg.batch_size // workers} is not a multiple of "
+                        f"bn_group {cfg.bn_group}")
+    if cfg.local_steps > 1 or workers:
+        for name, why in (("sync_bn", "batch norm over the global batch needs every worker at "
+                                      "every step"),
+                          ("track_noise_scale", "the noise scale needs the workers' gradients"),
+                          ("compile", "the replicas run eagerly")):
+            if getattr(cfg, name):
+                raise UserError(f"{name} cannot be combined with local SGD ({why})")
+
+
+def check_batch_growth(cfg: TrainConfig) -> None:
+    """The rules of --batch-growth and --max-batch-size."""
+    if cfg.batch_growth < 1:
+        raise UserError(f"batch_growth must be at least 1, got {cfg.batch_growth}")
+    if cfg.max_batch_size < 0:
+        raise UserError(f"max_batch_size must not be negative, got {cfg.max_batch_size}")
+    if cfg.batch_growth == 1:
+        return
+    if cfg.schedule != "step":
+        raise UserError("batch_growth replaces the step schedule's decays; it needs schedule step")
+    if cfg.decay_factor * cfg.batch_growth > 1 + 1e-9:
+        raise UserError(f"batch_growth {cfg.batch_growth} x decay_factor {cfg.decay_factor} "
+                        "exceeds 1: the rate would rise at a decay")
+    if cfg.max_batch_size and cfg.max_batch_size < cfg.batch_size:
+        raise UserError(f"max_batch_size {cfg.max_batch_size} is below batch_size "
+                        f"{cfg.batch_size}")
+    if cfg.local_steps > 1 or cfg.local_workers:
+        raise UserError("batch_growth cannot be combined with local SGD")

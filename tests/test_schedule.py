@@ -6,6 +6,7 @@ import pytest
 
 from batchscale.config import from_dict
 from batchscale.engine.schedule import plan_from_config
+from batchscale.errors import UserError
 
 STUDY = dict(lr=0.025, base_batch_size=32, epochs=200, decay_every=50, decay_factor=0.1)
 N = 50_000  # CIFAR-10 training images
@@ -62,3 +63,38 @@ def test_warmup_then_cosine_starts_decaying_after_warmup():
     p = plan(256, warmup_epochs=2, schedule="cosine", epochs=10)  # 195 steps/epoch
     assert p.lr_at(p.warmup_steps) == pytest.approx(0.2)
     assert p.lr_at(p.warmup_steps + 1) < 0.2
+
+
+def test_batch_growth_replaces_decays_until_the_largest_batch_then_the_rate_decays():
+    """B = 32, decays x0.1 at epochs 2, 4, 6 of 8, growth x10 up to 3,200 (50,000 images):
+    epochs 0-1: B 32, 1562 steps, lr 0.1; 2-3: B 320, 156 steps, lr 0.1; 4-5: B 3200, 15 steps,
+    lr 0.1; 6-7: 32,000 would pass 3,200, so B stays 3200 and the rate decays to 0.01."""
+    p = plan(32, lr=0.1, base_batch_size=32, scale_rule="none", epochs=8, decay_every=2,
+             batch_growth=10, max_batch_size=3200)
+    assert [p.batch_in(e, 32) for e in range(8)] == [32, 32, 320, 320, 3200, 3200, 3200, 3200]
+    assert [p.steps_in(e) for e in range(8)] == [1562, 1562, 156, 156, 15, 15, 15, 15]
+    starts = [0, 1562, 3124, 3280, 3436, 3451, 3466, 3481, 3496]
+    assert [p.epoch_start(e) for e in range(9)] == starts and p.total_steps == 3496
+    rates = [p.lr_at(starts[e]) for e in range(8)] + [p.lr_at(starts[8] - 1)]
+    assert rates == pytest.approx([0.1] * 6 + [0.01] * 3, rel=1e-12)
+    assert p.epoch_of(3123) == 1 and p.epoch_of(3124) == 2 and p.epoch_of(3495) == 7
+
+
+def test_batch_growth_by_less_than_the_decay_keeps_the_rest_of_the_decay():
+    """x0.1 decays, growth x5 (Smith et al.'s hybrid): at each decay the batch x5, the rate x0.5;
+    without max_batch_size the training set bounds it (1000 images: 8 -> 40 -> 200 -> 1000)."""
+    cfg = from_dict({**STUDY, "batch_size": 8, "lr": 0.2, "base_batch_size": 8, "epochs": 5,
+                     "decay_every": 1, "batch_growth": 5})
+    p = plan_from_config(cfg, 1000 // 8, 1000)
+    assert [p.batch_in(e, 8) for e in range(5)] == [8, 40, 200, 1000, 1000]
+    assert [p.lr_at(p.epoch_start(e)) for e in range(5)] == pytest.approx(
+        [0.2, 0.1, 0.05, 0.025, 0.0025], rel=1e-12)
+
+
+def test_batch_growth_options_are_checked():
+    with pytest.raises(UserError, match="rate would rise"):
+        from_dict({**STUDY, "batch_size": 32, "batch_growth": 20})
+    with pytest.raises(UserError, match="needs schedule step"):
+        from_dict({**STUDY, "batch_size": 32, "batch_growth": 10, "schedule": "cosine"})
+    with pytest.raises(UserError, match="below batch_size"):
+        from_dict({**STUDY, "batch_size": 64, "batch_growth": 10, "max_batch_size": 32})

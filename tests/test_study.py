@@ -45,8 +45,9 @@ def test_every_preset_expands_to_valid_runs():
     for name in preset_names():
         preset = load_preset(name)
         runs = expand(preset)
-        assert len(runs) == (len(preset["use_recipes"]) * len(preset["batch_sizes"])
-                             * preset["seeds"]), name
+        sizes = [len(preset["recipes"][r].get("batch_sizes", preset["batch_sizes"]))
+                 for r in preset["use_recipes"]]  # a recipe may name its own batch sizes
+        assert len(runs) == sum(sizes) * preset["seeds"], name
         assert {r.name for r in runs} == {f"{r.recipe}/b{r.batch_size}/seed{r.seed}"
                                           for r in runs}
 

@@ -103,6 +103,9 @@ def process_group(cfg):
     if world.size <= 1:
         if cfg.workers > 1:
             raise UserError(f"workers is {cfg.workers} but the launcher started 1 process")
+        if cfg.local_steps > 1 and not cfg.local_workers:
+            raise UserError(f"local_steps {cfg.local_steps} needs several workers: real ones "
+                            "(--workers W, or torchrun) or simulated ones (--local-workers W)")
         yield world
         return
     check_world(cfg, world.size)
@@ -264,6 +267,16 @@ def agree(first_bad_step: torch.Tensor, stopping: bool) -> tuple[int, bool]:
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     worst, stop = flags.tolist()
     return (-1 if -worst == never else -worst), bool(stop)
+
+
+def gather_to_rank0(obj) -> list | None:
+    """Every worker's `obj` (picklable, on the CPU), in rank order, on rank 0; None elsewhere.
+    Local SGD's checkpoint: each worker's own model and optimizer state."""
+    if not active():
+        return [obj]
+    found = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, found, dst=0)
+    return found
 
 
 def reduce_meter(meter) -> None:

@@ -43,6 +43,10 @@ def unsupported_reason(cfg, world_size: int = 1) -> str | None:
         return "several workers (DDP)"
     if cfg.compile:
         return "compile"
+    if cfg.local_steps > 1 or cfg.local_workers:
+        return "local SGD"
+    if cfg.batch_growth > 1:
+        return "batch growth (the batch changes shape)"
     return None
 
 

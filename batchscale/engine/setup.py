@@ -73,6 +73,7 @@ class Setup:
     train_model: torch.nn.Module | None = None  # the DDP wrapper with several workers
     noise: noise_scale.NoiseScaleTracker | None = None  # with cfg.track_noise_scale
     graph: object | None = None  # a graphs.GraphedStep when the step replays a CUDA graph
+    local: object | None = None  # local SGD's replicas and period (engine.localsgd.LocalSGD)
 
 
 def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
@@ -91,6 +92,6 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
     model = model.to(device, memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format)
     optimizer = build_optimizer(cfg, model)
-    plan = plan_from_config(cfg, len(train) // cfg.batch_size)
+    plan = plan_from_config(cfg, len(train) // cfg.batch_size, len(train))
     return Setup(cfg, device, train.to(device), test.to(device), model, optimizer, plan,
                  channels_last, world_size, rank)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import Split, eval_batches
+from batchscale.engine.norm import set_group_size
 from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup
 
@@ -32,7 +33,8 @@ CPU_GHOST_CHUNK = 128
 def forward_chunk(setup: Setup, images: torch.Tensor) -> int:
     """Samples per forward pass: a BN group for `loop`; for `ghost` on CPU, the most whole
     groups that fit CPU_GHOST_CHUNK and divide the batch evenly (equal passes, equal weights)."""
-    group, groups = setup.cfg.group_size, len(images) // setup.cfg.group_size
+    group = min(setup.cfg.bn_group or len(images), len(images))  # the batch may grow
+    groups = len(images) // group
     if setup.cfg.bn_impl == "loop":
         return group
     if images.device.type == "cpu" and getattr(setup, "world_size", 1) == 1 and groups > 1:
@@ -67,6 +69,19 @@ def compile_model(setup: Setup) -> None:
     parameters are shared, so checkpoints and evaluation keep using the eager `setup.model`."""
     if setup.cfg.compile:
         setup.train_model = torch.compile(training_module(setup))
+
+
+def use_batch(setup: Setup, batch: int) -> None:
+    """Make batch norm and the noise-scale tracker follow a grown batch of `batch` samples: BN
+    groups stay bn_group samples (or the whole batch), and the tracker's small batch is one group
+    (a quarter of the batch without groups; each worker's share under torchrun)."""
+    cfg = setup.cfg
+    set_group_size(setup.model, cfg.bn_group if cfg.bn_impl == "ghost" else 0)
+    if setup.noise is not None:
+        workers = setup.world_size
+        setup.noise.small_batch = (batch // workers if workers > 1 else
+                                   noise_scale.small_batch_size(cfg.bn_group or batch, batch))
+        setup.noise.big_batch = batch
 
 
 def train_step(setup: Setup, images, labels):

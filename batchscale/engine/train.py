@@ -24,12 +24,28 @@ import torch
 from tqdm import tqdm
 
 from batchscale.config import TrainConfig, dump_yaml
-from batchscale.engine import checkpoint, collapse, distributed, graphs, rundir, tensorboard
+from batchscale.engine import (
+    checkpoint,
+    collapse,
+    distributed,
+    graphs,
+    localsgd,
+    rundir,
+    tensorboard,
+)
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.lock import FolderLock
+from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import Setup, build
-from batchscale.engine.step import Meter, compile_model, evaluate, prepare_input, run_step
+from batchscale.engine.step import (
+    Meter,
+    compile_model,
+    evaluate,
+    prepare_input,
+    run_step,
+    use_batch,
+)
 from batchscale.errors import UserError
 
 
@@ -106,6 +122,7 @@ class Position:
     best_test_acc: float = 0.0
     meter_state: dict | None = None
     noise_state: dict | None = None  # issue 5: the noise-scale moving averages
+    local_state: dict | None = None  # local SGD: workers 1..W-1's models and optimizers
 
 
 def run_state(setup: Setup, position: Position) -> dict:
@@ -299,6 +316,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     compile_model(setup)  # issue 6: --compile
     setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
         position.epoch * setup.plan.steps_per_epoch + position.step))
+    setup.local = localsgd.attach(setup, position)  # after the DDP wrap
     setup.graph = graphs.attach(setup, quiet)  # the step from a CUDA graph where supported
     notice = RunScale(setup, position) if RunScale.wanted(setup, quiet) else None
     try:
@@ -334,6 +352,8 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
     while position.epoch < cfg.epochs:
         started = time.perf_counter()
         outcome = train_epoch(setup, position, stop, quiet, stop_at_step, notice)
+        if outcome is None or outcome == "interrupted":
+            localsgd.keep_state(setup, position)  # every worker: rank 0 gathers
         if outcome is not None:
             position.wall_s += time.perf_counter() - started
         if outcome == "interrupted":
@@ -353,7 +373,10 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
                 stop_at_step: int | None, notice: RunScale | None = None):
     """Steps of one epoch from `position`; None when done, 'interrupted', or a diverged step."""
     cfg, plan = setup.cfg, setup.plan
-    loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, position.epoch,
+    batch = plan.batch_in(position.epoch, cfg.batch_size)  # batch growth changes it
+    if plan.epoch_batches:
+        use_batch(setup, batch)
+    loader = EpochLoader(setup.train, batch, cfg.seed, position.epoch,
                          rank=setup.rank, world_size=setup.world_size)
     meter = (Meter.from_state(position.meter_state, setup.device) if position.meter_state
              else Meter.zeros(setup.device))
@@ -363,10 +386,16 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
                disable=quiet or setup.rank != 0 or not sys.stderr.isatty())
     tick, first_step = time.perf_counter(), position.step
     for step in range(position.step, len(loader)):
-        global_step = position.epoch * len(loader) + step
+        global_step = plan.epoch_start(position.epoch) + step
         images, labels = loader.batch(step)
-        run_step(setup, meter, prepare_input(setup, images), labels, global_step,
-                 plan.lr_at(global_step))
+        if setup.local is not None:  # local SGD: replicas, or DDP without its all-reduce
+            set_lr(setup.optimizer, plan.lr_at(global_step))
+            loss, logits = localsgd.train_step(setup, prepare_input(setup, images), labels,
+                                               global_step)
+            meter.add(loss, logits, labels, global_step)
+        else:
+            run_step(setup, meter, prepare_input(setup, images), labels, global_step,
+                     plan.lr_at(global_step))
         if notice is not None:
             notice.step_done(global_step)
         position.step = step + 1
@@ -393,7 +422,7 @@ def train_epoch(setup: Setup, position: Position, stop: StopFlag, quiet: bool,
     distributed.reduce_meter(meter)  # all workers' sums: rank 0 reports the global numbers
     position.meter_state = meter.state()
     position.meter_state["images_per_sec"] = (
-        (len(loader) - first_step) * cfg.batch_size / max(time.perf_counter() - tick, 1e-9))
+        (len(loader) - first_step) * batch / max(time.perf_counter() - tick, 1e-9))
     return None
 
 
@@ -406,11 +435,11 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
         return
     test_loss, test_acc = evaluate(setup, setup.test)
     position.wall_s += time.perf_counter() - started
-    steps_per_epoch = setup.plan.steps_per_epoch
+    end_step = setup.plan.epoch_start(position.epoch + 1)
     row = {
         "epoch": position.epoch + 1,
-        "step": (position.epoch + 1) * steps_per_epoch,
-        "lr": setup.plan.lr_at((position.epoch + 1) * steps_per_epoch - 1),
+        "step": end_step,
+        "lr": setup.plan.lr_at(end_step - 1),
         "train_loss": meter["loss_sum"].item() / meter["count"],
         "train_acc": meter["correct"].item() / meter["count"],
         "test_loss": test_loss,
@@ -422,6 +451,7 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
         raise RuntimeError("non-finite training loss escaped the divergence check")
     if setup.noise is not None:
         row.update(setup.noise.row())
+    row.update(localsgd.epoch_row(setup, position.epoch))
     rundir.append_metrics(run_dir, row)
     tensorboard.Board.of(setup).epoch(row)
     position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None

@@ -14,6 +14,7 @@ separate.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from batchscale.results.collect import (
@@ -160,6 +161,28 @@ def settings_lines(results: list[RunResult]) -> list[str]:
     return lines + [f"- {line}" for line in seen.values()] + [""]
 
 
+def communication_lines(grouped: dict[str, list[Cell]]) -> list[str]:
+    """Local SGD / batch growth: steps and model-sized all-reduces ("syncs", metrics.jsonl) per
+    recipe and batch size, beside the final test accuracy; nothing for runs without the field."""
+    lines = ["## Steps and syncs", "",
+             "syncs/epoch: model-sized all-reduces that the workers make (one per synchronous "
+             "step, one per local-SGD model average), mean over epochs (first → last epoch).", "",
+             "| recipe | B | test acc | steps | syncs/epoch | first → last | MB/epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for recipe, row_cells in grouped.items():
+        for cell in row_cells:
+            runs = [r for r in cell.completed if "syncs" in r.final]
+            if not runs:
+                continue
+            syncs = [m["syncs"] for m in runs[0].metrics]
+            megabytes = statistics.fmean(m["sync_bytes"] for m in runs[0].metrics) / 2**20
+            accuracy = fmt_interval(cell.values("test_acc"))
+            lines.append(f"| {recipe} | {cell.batch_size} | {accuracy}"
+                         f" | {runs[0].final['step']} | {statistics.fmean(syncs):.2f} | "
+                         f"{syncs[0]} → {syncs[-1]} | {megabytes:.2f} |")
+    return lines + [""] if len(lines) > 6 else []
+
+
 def write_report(out: Path, target: float | None = None) -> Path:
     """Write report.md and the figures into `out`; return the report's path."""
 
@@ -183,6 +206,7 @@ def write_report(out: Path, target: float | None = None) -> Path:
               "*seeds* column counts the runs that are.", ""]
     for recipe, row_cells in grouped.items():
         lines += recipe_table(plan, recipe, row_cells)
+    lines += communication_lines(grouped)  # local SGD and batch growth
     lines += settings_lines(results)
     sentence = ordering_sentence(grouped)
     if sentence:

@@ -121,7 +121,7 @@ def expand(preset: dict, seeds: int | None = None, overrides: dict | None = None
         raise UserError(f"preset {preset['name']}: unknown recipe(s) {', '.join(missing)}")
     runs, owners = [], {}
     for recipe in preset["use_recipes"]:
-        for batch_size in preset["batch_sizes"]:
+        for batch_size in recipes[recipe].get("batch_sizes", preset["batch_sizes"]):
             for seed in range(count):
                 values = {**preset["config"], **recipes[recipe].get("config", {}),
                           "batch_size": batch_size, "seed": seed, **(overrides or {})}
