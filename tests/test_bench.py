@@ -72,7 +72,7 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
 
 
 def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):
-    """On CPU `ghost` runs whole BN groups per forward pass (issue 6); same loss, same gradients,
+    """On CPU `ghost` runs whole BN groups per forward pass; same loss, same gradients,
     same running statistics as one pass over the batch."""
     from batchscale.engine import step as train_module
     from batchscale.engine.models import build_model

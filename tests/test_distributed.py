@@ -1,4 +1,4 @@
-"""Real workers (issue 4): two gloo processes take the same step as the ghost-BN simulation
+"""Real workers: two gloo processes take the same step as the ghost-BN simulation
 (float64), synchronized BN the same step as whole-batch BN, workers agree on divergence and on
 stopping, a killed worker is restarted by torchrun and the run ends with the same metrics, two
 "nodes" on 127.0.0.1 train together, and a peer that never arrives ends in one clear line.

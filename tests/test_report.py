@@ -72,7 +72,7 @@ def test_every_run_lists_its_final_train_accuracy(report):
 def test_ordering_sentence_claims_nothing_without_intervals(report):
     _, text = report
     assert ("B = 32, final test accuracy (95% interval over seeds): trivial 0.5500 ± 0.6353, "
-            "linear+warmup 0.6200 ± 0.1271, per-worker BN 0.6600 (1 seed).") in text
+            "linear+warmup 0.6200 ± 0.1271, per-worker-bn 0.6600 (1 seed).") in text
     assert "no ordering is claimed" in text and "**holds**" not in text
 
 
@@ -94,10 +94,10 @@ def test_ordering_is_claimed_only_where_the_intervals_separate(tmp_path):
         for seed, acc in enumerate(accs):
             _with_metrics(out, f"{recipe}/b32/seed{seed}", [acc, acc])
     text = write_report(out).read_text()  # half-widths 12.706 x 0.005 = 0.0635: separated
-    assert "ordering trivial < linear+warmup < per-worker BN **holds**" in text
+    assert "ordering trivial < linear+warmup < per-worker-bn **holds**" in text
     _with_metrics(out, "per-worker-bn/b32/seed1", [0.62, 0.62])  # 0.76 ± 1.779: overlaps
     text = write_report(out).read_text()
-    assert "**not resolved**" in text and "linear+warmup vs per-worker BN: overlapping" in text
+    assert "**not resolved**" in text and "linear+warmup vs per-worker-bn: overlapping" in text
 
 
 def test_collapsed_runs_are_named_with_the_epoch_and_left_out(tmp_path):

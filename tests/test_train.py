@@ -154,7 +154,7 @@ def test_loop_implementation_trains_end_to_end(tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu_in_lower_precision(tmp_path):
-    """--amp bf16 on CPU (issue 6: 1.6x a width-16 step on AVX512-BF16): the run completes with
+    """--amp bf16 on CPU (1.6x a width-16 step on AVX512-BF16): the run completes with
     ghost BN groups, and its losses differ from float32's, so the autocast is really on."""
     cfg = tiny_config(epochs=1, bn_group=16, amp="bf16")
     summary = train(cfg, tmp_path / "bf16", quiet=True)

@@ -1,4 +1,4 @@
-"""Why scaling breaks: loss landscape, Hessian sharpness, gradient noise scale (issue 5).
+"""Why scaling breaks: loss landscape, Hessian sharpness, gradient noise scale.
 
     batchscale analyze landscape RUN_DIR [RUN_DIR ...]   # RUN_DIR/landscape.json, + figure
     batchscale analyze landscape RUN_A RUN_B --interpolate

@@ -233,7 +233,7 @@ class EpochLoader:
         self.dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         self.dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         self.flip = torch.rand(n, generator=generator) < 0.5
-        device = split.images.device  # issue 6: moved once, not four small copies a step
+        device = split.images.device  # moved once, not four small copies a step
         self.order, self.dy, self.dx, self.flip = (t.to(device) for t in (self.order, self.dy,
                                                                            self.dx, self.flip))
         self.steps = n // batch_size

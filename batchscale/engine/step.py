@@ -65,7 +65,7 @@ def training_module(setup: Setup) -> torch.nn.Module:
 
 
 def compile_model(setup: Setup) -> None:
-    """With cfg.compile, train through torch.compile of the training module (issue 6). The
+    """With cfg.compile, train through torch.compile of the training module. The
     parameters are shared, so checkpoints and evaluation keep using the eager `setup.model`."""
     if setup.cfg.compile:
         setup.train_model = torch.compile(training_module(setup))
@@ -88,7 +88,7 @@ def train_step(setup: Setup, images, labels):
     setup.optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_loss(setup, images, labels)
     loss.backward()
-    if setup.noise is not None:  # issue 5: a small batch's gradient, before the step
+    if setup.noise is not None:  # a small batch's gradient, before the step
         noise_scale.after_backward(setup.noise, setup.model, images, labels,
                                    lambda x, y: forward_loss(setup, x, y)[0])
     setup.optimizer.step()

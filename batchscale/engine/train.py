@@ -121,11 +121,11 @@ class Position:
     wall_s: float = 0.0
     best_test_acc: float = 0.0
     meter_state: dict | None = None
-    noise_state: dict | None = None  # issue 5: the noise-scale moving averages
+    noise_state: dict | None = None  # the noise-scale moving averages
     local_state: dict | None = None  # local SGD: workers 1..W-1's models and optimizers
 
 
-def run_state(setup: Setup, position: Position) -> dict:
+def checkpoint_state(setup: Setup, position: Position) -> dict:
     return {"model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
             "position": vars(position), "rng": checkpoint.rng_state(),
             "config": setup.cfg.to_dict(), "world_size": setup.world_size}
@@ -237,7 +237,7 @@ def pause_for_test(epoch: int, stop: StopFlag) -> None:
 
 
 def memory(setup: Setup) -> dict:
-    """Issue 6: the resident data set's bytes (uint8 images + labels, held once on the training
+    """The resident data set's bytes (uint8 images + labels, held once on the training
     device) and the peak memory of this process: host RSS and, on CUDA, allocated device memory."""
     import resource
 
@@ -313,7 +313,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
     position = restore(setup, run_dir) if resume else Position()
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
     setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
-    compile_model(setup)  # issue 6: --compile
+    compile_model(setup)
     setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
         position.epoch * setup.plan.steps_per_epoch + position.step))
     setup.local = localsgd.attach(setup, position)  # after the DDP wrap
@@ -358,7 +358,7 @@ def epochs(setup: Setup, run_dir: Path, position: Position, stop: StopFlag, quie
             position.wall_s += time.perf_counter() - started
         if outcome == "interrupted":
             if setup.rank == 0:
-                checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
+                checkpoint.save(checkpoint_state(setup, position), run_dir / checkpoint.NAME)
             return "interrupted", None
         if outcome is not None:
             return "diverged", outcome
@@ -456,7 +456,7 @@ def finish_epoch(setup: Setup, run_dir: Path, position: Position, started: float
     tensorboard.Board.of(setup).epoch(row)
     position.epoch, position.step, position.meter_state = position.epoch + 1, 0, None
     position.best_test_acc = max(position.best_test_acc, test_acc)
-    checkpoint.save(run_state(setup, position), run_dir / checkpoint.NAME)
+    checkpoint.save(checkpoint_state(setup, position), run_dir / checkpoint.NAME)
     if not quiet:
         print(f"epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
               f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}  "

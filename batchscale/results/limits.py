@@ -1,5 +1,5 @@
 """The scaling limit of each recipe: the largest batch whose accuracy stays within 1% of the
-small-batch accuracy (issue 7), ours beside the study's.
+small-batch accuracy, ours beside the study's.
 
 The small-batch accuracy is the mean final test accuracy of the first recipe of the study (its
 baseline) at the smallest batch size; for the study it is its baseline, Table I at B = 32. "Within
@@ -15,7 +15,6 @@ from batchscale.results import published
 from batchscale.results.collect import mean_std
 
 TOLERANCE = 0.01
-STUDY_BASE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II) at B = 32
 
 
 def _mean_test(cell) -> float | None:
@@ -45,7 +44,7 @@ def study_limit(table: str) -> tuple[int | None, float]:
 
 
 def study_reference() -> float:
-    return published.lookup(*STUDY_BASE).test_acc
+    return published.lookup(*published.BASELINE).test_acc
 
 
 def limit_lines(plan: dict, grouped: dict) -> list[str]:
@@ -77,4 +76,4 @@ def limit_lines(plan: dict, grouped: dict) -> list[str]:
             f"{f'{ours // smallest}×' if ours else '—'} | {study_b if study_b else '—'} | "
             f"{f'{study_b // 32}×' if study_b else '—'} |")
     return lines + ["", "The study publishes no LARS or LAMB runs; its Table III recipe "
-                    "diverges at B = 4096 (the `diverge4096` preset).", ""]
+                    "diverges at B = 4096.", ""]

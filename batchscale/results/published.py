@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+BASELINE = ("I", 32)  # the study's small-batch baseline: Table I (= Table II) at B = 32
 CSV_PATH = Path(__file__).parent / "published" / "published-tables.csv"
 
 

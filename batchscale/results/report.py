@@ -33,8 +33,6 @@ from batchscale.results.figures import write_figures
 from batchscale.results.limits import limit_lines
 from batchscale.results.scaling import scaling_section
 
-SGD_ORDER = ("trivial", "linear+warmup", "per-worker-bn")  # the study's ordering, worst first
-
 
 def _diff(values: list[float], reference: float | None) -> str:
     mean, _ = mean_std(values)
@@ -106,35 +104,36 @@ def runs_table(results: list[RunResult]) -> list[str]:
     return lines + [""]
 
 
-def ordering_sentence(grouped: dict[str, list[Cell]]) -> str:
-    """Whether trivial < linear+warmup < per-worker-bn at the largest batch all three share,
-    claimed only where the 95% intervals of neighbouring recipes separate."""
-    if not all(name in grouped for name in SGD_ORDER):
+def ordering_sentence(grouped: dict[str, list[Cell]], ordering: list[str]) -> str:
+    """Whether the preset's `ordering:` (recipes worst first; the study's trivial <
+    linear+warmup < per-worker-bn) holds at the largest batch they all share, claimed only
+    where the 95% intervals of neighbouring recipes separate."""
+    if len(ordering) < 2 or not all(name in grouped for name in ordering):
         return ""
     sizes = set.intersection(*({c.batch_size for c in grouped[n] if c.completed}
-                               for n in SGD_ORDER))
+                               for n in ordering))
     if not sizes:
         return ("The study's ordering cannot be checked: no batch size has completed runs of "
                 "all three SGD recipes.")
     b = max(sizes)
-    found = [next(c for c in grouped[n] if c.batch_size == b) for n in SGD_ORDER]
+    found = [next(c for c in grouped[n] if c.batch_size == b) for n in ordering]
     values = [c.values("test_acc") for c in found]
     shown = ", ".join(f"{name} {fmt_interval(v)}" for name, v in
-                      zip(("trivial", "linear+warmup", "per-worker BN"), values, strict=True))
+                      zip(ordering, values, strict=True))
     text = f"At the largest batch, B = {b}, final test accuracy (95% interval over seeds): {shown}."
     if any(mean_interval(v)[1] is None for v in values):
         return (text + " With one seed in a cell there is no interval, so no ordering is "
                 "claimed; the point values alone cannot separate the recipes from seed noise.")
-    pairs = [separated(values[0], values[1]), separated(values[1], values[2])]
+    pairs = [separated(low, high) for low, high in zip(values, values[1:])]
     if all(p is True for p in pairs):
-        verdict = "The study's ordering trivial < linear+warmup < per-worker BN **holds**"
+        verdict = f"The study's ordering {' < '.join(ordering)} **holds**"
     elif any(p is False for p in pairs):
         verdict = ("The study's ordering **does not hold**: at least one later recipe is "
                    "below an earlier one with separated intervals")
     else:
         verdict = ("The study's ordering is **not resolved**: the intervals of at least one "
                    "neighbouring pair overlap")
-    names = ("trivial vs linear+warmup", "linear+warmup vs per-worker BN")
+    names = [f"{low} vs {high}" for low, high in zip(ordering, ordering[1:])]
     detail = "; ".join(f"{n}: {'separated' if p is not None else 'overlapping'}"
                        for n, p in zip(names, pairs, strict=True))
     return f"{text} {verdict} ({detail})."
@@ -208,13 +207,13 @@ def write_report(out: Path, target: float | None = None) -> Path:
         lines += recipe_table(plan, recipe, row_cells)
     lines += communication_lines(grouped)  # local SGD and batch growth
     lines += settings_lines(results)
-    sentence = ordering_sentence(grouped)
+    sentence = ordering_sentence(grouped, plan.get("ordering", []))
     if sentence:
         lines += ["## The study's ordering at the largest batch", "", sentence, ""]
-    lines += limit_lines(plan, grouped)  # issue 7
+    lines += limit_lines(plan, grouped)
     if plan.get("notes"):
         lines += ["## Notes from the preset", "", plan["notes"].strip(), ""]
-    lines += scaling_section(out, grouped)  # issue 5: "Why couldn't we scale further?"
+    lines += scaling_section(out, grouped, plan.get("compare_with", []))
     lines += ["## Every run", ""] + runs_table(results) + ["## Figures", ""]
     lines += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figures]
     path = out / "report.md"

@@ -118,13 +118,17 @@ def _trend(pairs: list[tuple[int, float]]) -> str:
     return "is not monotone in B"
 
 
-def divergences(out: Path, grouped) -> list[str]:
+def divergences(out: Path, grouped, compare_with: list[str]) -> list[str]:
+    """Runs that did not train, here and in the sibling studies the preset names
+    (`compare_with:`, e.g. the study's B = 4096 run beside its Table III)."""
     lines = []
     runs = {r.directory: r for cells in grouped.values() for c in cells for r in c.runs}
-    sibling = out.parent / "diverge4096"
-    if sibling.is_dir() and sibling.resolve() != out.resolve():
+    for name in compare_with:
+        sibling = out.parent / name
+        if not sibling.is_dir() or sibling.resolve() == out.resolve():
+            continue
         try:
-            runs.update({f"../diverge4096/{r.directory}": r for r in collect(sibling)[1]})
+            runs.update({f"../{name}/{r.directory}": r for r in collect(sibling)[1]})
         except Exception:  # an unreadable sibling study is not this report's failure
             pass
     for name, r in runs.items():
@@ -200,7 +204,7 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
 
 
 # ---------------------------------------------------------------------- the section
-def scaling_section(out: Path, grouped) -> list[str]:
+def scaling_section(out: Path, grouped, compare_with: list[str] = ()) -> list[str]:
     """Markdown lines of the section (and its figures written into `out`), or []."""
     out = Path(out)
     tables = {recipe: {c.batch_size: measurements(out, c) for c in cells}
@@ -208,7 +212,7 @@ def scaling_section(out: Path, grouped) -> list[str]:
     measured = any(m["sharpness"] is not None or m["eigenvalue"] is not None
                    or m["b_simple_final"] is not None
                    for t in tables.values() for m in t.values())
-    diverged = divergences(out, grouped)
+    diverged = divergences(out, grouped, list(compare_with))
     if not measured and not diverged:
         return []
     drops = {recipe: drop_batch(cells, tables[recipe]) for recipe, cells in grouped.items()}

@@ -30,7 +30,7 @@ from batchscale.errors import UserError
 PRESET_DIR = Path(__file__).parent / "presets"
 PLAN_FILE = rundir.STUDY_PLAN  # the expanded plan, written at the top of a sweep's directory
 PRESET_KEYS = {"description", "extends", "config", "recipes", "use_recipes", "batch_sizes",
-               "seeds", "published_batch_factor", "notes"}
+               "seeds", "published_batch_factor", "notes", "ordering", "compare_with"}
 KNOWN_TRAIN_IMAGES = {"sample": 5000, "cifar10": 50000}
 
 
@@ -199,7 +199,7 @@ def dry_run_table(runs: list[Run], out: Path) -> str:
     for run in runs:
         s = settings(run)
         state = (f"= {s['shared_with']}" if s["shared_with"]
-                 else run_state(out / run.directory))
+                 else run_status(out / run.directory))
         lines.append([s["run"], s["B"], s["peak_lr"], s["warmup_epochs"], s["warmup_steps"],
                       s["G"], s["steps_per_epoch"], s["total_steps"], s["B_fraction"], state])
     cells = [header] + [[_cell(v) for v in line] for line in lines]
@@ -208,7 +208,7 @@ def dry_run_table(runs: list[Run], out: Path) -> str:
                      for row in cells)
 
 
-def run_state(directory: Path) -> str:
+def run_status(directory: Path) -> str:
     """new | completed | diverged | resume (an interrupted, failed or unfinished run)."""
     if not (directory / rundir.CONFIG).exists():
         return "new"
@@ -231,6 +231,8 @@ def plan_document(preset: dict, runs: list[Run], overrides: dict | None = None) 
         "overrides": dict(overrides or {}),
         "published_batch_factor": preset.get("published_batch_factor", 1),
         "notes": preset.get("notes", ""),
+        "ordering": list(preset.get("ordering", [])),
+        "compare_with": list(preset.get("compare_with", [])),
         "recipes": {name: {"published": preset["recipes"][name].get("published")}
                     for name in preset["use_recipes"]},
         "runs": [{"recipe": r.recipe, "batch_size": r.batch_size, "seed": r.seed,

@@ -43,7 +43,7 @@ from batchscale.study.expand import (
     load_preset,
     parse_overrides,
     plan_document,
-    run_state,
+    run_status,
     unique_runs,
 )
 from batchscale.study.gpus import Placement, check_fits, gpus_needed, visible_gpus
@@ -81,9 +81,9 @@ def saved_epochs(directory: Path) -> int | None:
 def to_train(run: Run, out: Path) -> bool:
     """Whether a run still needs training: not finished, or planned longer than it ran."""
     directory = out / run.directory
-    if run_state(directory) not in rundir.FINAL_STATUSES:
+    if run_status(directory) not in rundir.FINAL_STATUSES:
         return True
-    return run_state(directory) == "completed" and saved_epochs(directory) != run.cfg.epochs
+    return run_status(directory) == "completed" and saved_epochs(directory) != run.cfg.epochs
 
 
 def train_command(run: Run, directory: Path, resume: bool) -> list[str]:
