@@ -350,8 +350,8 @@ def _wait_all(workers: list[subprocess.Popen], grace_s: float = 30.0) -> tuple[i
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     code, deadline = 0, None
     try:
-        while any(worker.poll() is None for worker in workers):
-            failed = [w.returncode for w in workers if w.returncode not in (None, 0)]
+        while None in (codes := [worker.poll() for worker in workers]):  # poll every one
+            failed = [c for c in codes if c not in (None, 0)]
             if failed and not code:
                 code, deadline = failed[0], time.monotonic() + grace_s
                 for worker in workers:
