@@ -40,20 +40,21 @@ def test_range_test_finds_the_heavy_ball_threshold_of_a_quadratic(beta):
     curvatures = [10.0, 1.0, 0.1]
     threshold = 2 * (1 + beta) / max(curvatures)
     result = advise.range_test(noisy_quadratic(beta, curvatures, noise=1.0), threshold / 10,
-                               threshold * 10, 200, reference=lambda first: first)
+                               threshold * 10, 200)
     assert result.diverged and result.ratio == pytest.approx(100 ** (1 / 199))
     steps_off = math.log(result.stable_lr / threshold) / math.log(result.ratio)
     # within the ramp's resolution: one step below, up to the detection lag above it
     # (DIVERGE_PATIENCE steps over the limit + the growth from the noise floor to the limit)
     assert -1 <= steps_off <= advise.DIVERGE_PATIENCE + 5, steps_off
     assert result.diverge_lr == pytest.approx(result.stable_lr * result.ratio)
+    assert result.diverge_lr == result.lrs[len(result.losses) - advise.DIVERGE_PATIENCE]
     assert len(result.losses) < 200  # it stopped at divergence
 
 
 def test_range_test_below_the_threshold_reports_a_lower_bound():
     threshold = 2 * 1.9 / 10.0
     result = advise.range_test(noisy_quadratic(0.9, [10.0], noise=1.0), threshold / 100,
-                               threshold / 2, 50, reference=lambda first: first)
+                               threshold / 2, 50)
     assert not result.diverged and result.diverge_lr is None
     assert result.stable_lr == pytest.approx(threshold / 2) and len(result.losses) == 50
 
@@ -61,9 +62,14 @@ def test_range_test_below_the_threshold_reports_a_lower_bound():
 def test_step_divergence_criterion():
     assert advise.step_diverged([1.0, float("nan")], reference=10.0)
     assert advise.step_diverged([1.0, 2.1, 2.2, 2.3], reference=1.0)
-    assert not advise.step_diverged([1.0, 2.1, 1.9, 2.3], reference=1.0)  # not 3 in a row
-    assert not advise.step_diverged([2.1, 2.2], reference=1.0)
+    assert advise.step_diverged([1.0, 2.1, 1.9, 2.3], reference=1.0)  # mean 2.1 > 2
+    assert not advise.step_diverged([1.0, 2.1, 1.5, 2.3], reference=1.0)  # mean 1.97
+    assert not advise.step_diverged([2.1, 2.2], reference=1.0)  # fewer than 3 steps
     assert not advise.step_diverged([], reference=1.0)
+    # a classifier that started better than chance collapses at chance, before 2× its start
+    assert advise.step_diverged([1.8, 2.4, 2.35, 2.4], reference=1.8, chance=math.log(10))
+    assert not advise.step_diverged([1.8, 2.4, 2.35, 2.4], reference=1.8)
+    assert advise.patience_at(4) == 16 and advise.patience_at(256) == 3
 
 
 # ---------------------------------------------------------------------- step efficiency

@@ -67,20 +67,36 @@ HESSIAN_IMAGES, HESSIAN_ITERS, HESSIAN_TOL = 256, 10, 1e-2
 
 # ---------------------------------------------------------------------- divergence of a probe
 def step_diverged(losses: list[float], reference: float, factor: float = DIVERGE_FACTOR,
-                  patience: int = DIVERGE_PATIENCE) -> bool:
-    """Has a probe diverged at its latest step? Yes when the latest loss is non-finite, or when
-    the last `patience` losses all exceed `factor` × `reference` (for a classifier: the larger of
-    the probe's first loss and ln(classes), the loss of a uniform guess).
+                  patience: int = DIVERGE_PATIENCE, chance: float | None = None) -> bool:
+    """Has a probe diverged (or collapsed) at its latest step? Yes when the latest loss is
+    non-finite, or when the mean of the last `patience` losses exceeds the limit: `factor` ×
+    `reference` (the probe's first loss), or for a classifier that started better than chance,
+    already the chance loss `chance` = ln(classes) (collapse: no better than a uniform guess).
+    The mean over a window, not every loss, so that small batches' noisy losses neither trigger
+    it alone nor hide a collapse.
 
-    This judges a few hundred probe steps. Whether a whole run diverged or collapsed (stopped
-    learning) is the run-level definition in engine/collapse.py; the two are meant to agree in
-    spirit, and this one is kept in this single function so that they can be wired together."""
+    This judges the steps of a probe. Whether a whole run diverged or collapsed is the
+    run-level definition in engine/collapse.py; the two are meant to agree, and this one is kept
+    in this single function so that they can be wired together."""
     if not losses:
         return False
     if not math.isfinite(losses[-1]):
         return True
-    recent = losses[-patience:]
-    return len(recent) == patience and all(loss > factor * reference for loss in recent)
+    if len(losses) < patience:
+        return False
+    return sum(losses[-patience:]) / patience > divergence_limit(reference, factor, chance)
+
+
+def divergence_limit(reference: float, factor: float = DIVERGE_FACTOR,
+                     chance: float | None = None) -> float:
+    limit = factor * reference
+    return min(limit, chance) if chance is not None and reference < chance else limit
+
+
+def patience_at(batch: int) -> int:
+    """Steps averaged by the criterion at batch B: at least DIVERGE_PATIENCE, and enough steps
+    for 64 images (a batch of 4 averages 16 losses)."""
+    return max(DIVERGE_PATIENCE, math.ceil(64 / batch))
 
 
 # ---------------------------------------------------------------------- the lr range test
@@ -103,34 +119,25 @@ def lr_ramp(low: float, high: float, steps: int) -> list[float]:
 
 
 def range_test(step: Callable[[float], float], low: float, high: float, steps: int,
-               reference: Callable[[float], float] | float,
-               factor: float = DIVERGE_FACTOR, patience: int = DIVERGE_PATIENCE) -> RangeTest:
+               factor: float = DIVERGE_FACTOR, patience: int = DIVERGE_PATIENCE,
+               chance: float | None = None) -> RangeTest:
     """Take up to `steps` steps at exponentially rising rates, stopping at divergence.
 
-    `step(lr)` takes one step at rate lr and returns its loss. `reference` is the loss the
-    divergence limit is relative to, or a function of the first step's loss giving it."""
+    `step(lr)` takes one step at rate lr and returns its loss; the criterion is `step_diverged`
+    relative to the first step's loss. When it fires, the divergence is dated to the first step
+    of the window that fired (the last step if a loss was non-finite): the stable lr is the
+    rate of the step before it."""
     rates = lr_ramp(low, high, steps)
+    ratio = rates[1] / rates[0]
     losses: list[float] = []
-    ref = reference if not callable(reference) else None
     for lr in rates:
         losses.append(float(step(lr)))
-        if ref is None:
-            ref = reference(losses[0])
-        if step_diverged(losses, ref, factor, patience):
-            return finish_range_test(rates[:len(losses)], losses, rates, True, ref, factor)
-    return finish_range_test(rates, losses, rates, False, ref, factor)
-
-
-def finish_range_test(lrs, losses, rates, diverged, reference, factor) -> RangeTest:
-    ratio = rates[1] / rates[0]
-    if not diverged:
-        return RangeTest(lrs, losses, ratio, False, lrs[-1], None)
-    limit = factor * reference
-    first_bad = len(losses) - 1  # walk back over the final run of losses above the limit
-    while first_bad > 0 and not losses[first_bad - 1] <= limit:
-        first_bad -= 1
-    stable = lrs[first_bad - 1] if first_bad > 0 else lrs[0] / ratio
-    return RangeTest(lrs, losses, ratio, True, stable, lrs[first_bad])
+        if step_diverged(losses, losses[0], factor, patience, chance):
+            start = (len(losses) - 1 if not math.isfinite(losses[-1])
+                     else len(losses) - patience)
+            stable = rates[start - 1] if start > 0 else rates[0] / ratio
+            return RangeTest(rates[:len(losses)], losses, ratio, True, stable, rates[start])
+    return RangeTest(rates, losses, ratio, False, rates[-1], None)
 
 
 # ---------------------------------------------------------------------- step efficiency
@@ -409,9 +416,8 @@ def probe_batch(setup: Setup, warm: dict, steps: int, ledger: Ledger, classes: i
         return loss.item()
 
     peak = setup.cfg.peak_lr
-    chance = math.log(classes)
     return range_test(step, peak / RAMP_SPAN, peak * RAMP_SPAN, steps,
-                      lambda first: max(first, chance))
+                      patience=patience_at(batch), chance=math.log(classes))
 
 
 # ---------------------------------------------------------------------- verdicts and advice
@@ -601,7 +607,8 @@ def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int =
         "base_run_steps": base_steps, "plan": dataclasses.asdict(plan),
         "noise": noise, "curvature": curvature, "momentum": beta,
         "criterion": {"factor": DIVERGE_FACTOR, "patience": DIVERGE_PATIENCE,
-                      "reference": "max(first loss of the test, ln(classes))",
+                      "limit": "min(factor × first loss, ln(classes)); mean of the last "
+                               "max(patience, 64/B) losses above it",
                       "safety": SAFETY, "ramp_span": RAMP_SPAN},
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
@@ -680,10 +687,11 @@ Larger batches, rejected:
 {table(record)}
 
 - *stable lr*: the last rate of the range test (from the warmed-up state, rates × ratio per
-  step, from peak/{crit['ramp_span']:g} to peak × {crit['ramp_span']:g}) whose loss stayed
-  within {crit['factor']:g}× max(first loss, ln classes) (over it for {crit['patience']} steps:
-  diverged); *margin* = stable lr / peak lr; *stable* needs margin ≥ {crit['safety']} and the
-  curvature bound; below 1 it *diverges*.{untested}
+  step, from peak/{crit['ramp_span']:g} to peak × {crit['ramp_span']:g}) before the
+  divergence criterion fired: the mean loss of the last max({crit['patience']}, 64/B) steps above
+  min({crit['factor']:g}× the first loss, ln classes) (above chance: collapsed), or non-finite;
+  *margin* = stable lr / peak lr; *stable* needs margin ≥ {crit['safety']} and the curvature
+  bound; below 1 it *diverges*.{untested}
 - λ_max = {fmt(curv['lambda_max'], '.4g', 'not measured')} ({state} after
   {curv['iterations']} power iterations on {curv['images']} images) at the end of the base
   batch's warmup; the bound is η < 2(1+β)/λ_max{bound}.
