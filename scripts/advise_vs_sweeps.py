@@ -48,6 +48,8 @@ def load_runs(sweep: str) -> list[dict]:
         directory = summary_path.parent
         config = yaml.safe_load((directory / "config.yaml").read_text())
         summary = json.loads(summary_path.read_text())
+        if summary["status"] not in ("completed", "diverged"):
+            continue  # an unfinished run says nothing yet
         metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text()
                    .splitlines() if line.strip()]
         train_acc = summary.get("final_train_acc")

@@ -114,7 +114,7 @@ def test_a_tiny_advise_run_writes_well_formed_files(tmp_path, capsys):
     out = tmp_path / "advice"
     code = main(["advise", "--dataset", "sample", "--width", "4", "--train-subset", "256",
                  "--base-batch-size", "8", "--lr", "0.02", "--scale-rule", "linear",
-                 "--warmup-epochs", "1", "--epochs", "50", "--threads", "2", "--seed", "3",
+                 "--warmup-epochs", "1", "--epochs", "50", "--threads", "1", "--seed", "3",
                  "--batches", "8,32", "--out", str(out), "--quiet"])
     assert code == 0
     record = json.loads((out / advise.RESULT_JSON).read_text())
