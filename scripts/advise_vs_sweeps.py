@@ -65,14 +65,6 @@ def load_runs(sweep: str) -> list[dict]:
     return runs
 
 
-def cells(runs: list[dict]) -> dict:
-    """(sweep, recipe, B) -> the runs of that grid cell."""
-    grouped: dict = {}
-    for run in runs:
-        grouped.setdefault((run["sweep"], run["recipe"], run["batch"]), []).append(run)
-    return grouped
-
-
 def judged(prediction: str, fails: bool) -> str:
     if prediction == "at risk":
         return "hedged"
@@ -167,7 +159,12 @@ def report(advice: list[dict], runs: list[dict]) -> str:
                  f"times, different {orders['different']} times.**")
     lines.append("")
     lines += sections
+    keys = {recipe_key(record["config"]) for record in advice}
+    unprobed = sorted({f"{r['sweep']}/{r['recipe']}" for r in runs
+                       if recipe_key(r["config"]) not in keys})
     lines += ["## Not measured", "",
+              "- Sweep recipes without an advise probe (not compared): "
+              + (", ".join(unprobed) or "none") + ".",
               "- The study's Table III check on a GPU (ResNet-18 width 64, CIFAR-10: does advise "
               "predict divergence at 4096 and stability at 2048?) was not run: no GPU was lent "
               "to this task. It is unmeasured.",
