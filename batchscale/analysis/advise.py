@@ -70,8 +70,8 @@ def step_diverged(losses: list[float], reference: float, factor: float = DIVERGE
                   patience: int = DIVERGE_PATIENCE, chance: float | None = None) -> bool:
     """Has a probe diverged (or collapsed) at its latest step? Yes when the latest loss is
     non-finite, or when the mean of the last `patience` losses exceeds the limit: `factor` ×
-    `reference` (the probe's first loss), or for a classifier that started better than chance,
-    already the chance loss `chance` = ln(classes) (collapse: no better than a uniform guess).
+    `reference` (the probe's loss at its start), or for a classifier that started better than
+    chance, already the chance loss `chance` = ln(classes) (collapse: no better than guessing).
     The mean over a window, not every loss, so that small batches' noisy losses neither trigger
     it alone nor hide a collapse.
 
@@ -124,15 +124,17 @@ def range_test(step: Callable[[float], float], low: float, high: float, steps: i
     """Take up to `steps` steps at exponentially rising rates, stopping at divergence.
 
     `step(lr)` takes one step at rate lr and returns its loss; the criterion is `step_diverged`
-    relative to the first step's loss. When it fires, the divergence is dated to the first step
-    of the window that fired (the last step if a loss was non-finite): the stable lr is the
-    rate of the step before it."""
+    relative to the mean loss of the first `patience` steps. When it fires, the divergence is
+    dated to the first step of the window that fired (the last step if a loss was non-finite):
+    the stable lr is the rate of the step before it."""
     rates = lr_ramp(low, high, steps)
     ratio = rates[1] / rates[0]
     losses: list[float] = []
     for lr in rates:
         losses.append(float(step(lr)))
-        if step_diverged(losses, losses[0], factor, patience, chance):
+        # the reference: the mean of the first window (one small batch's loss is too noisy)
+        reference = sum(losses[:patience]) / len(losses[:patience])
+        if step_diverged(losses, reference, factor, patience, chance):
             start = (len(losses) - 1 if not math.isfinite(losses[-1])
                      else len(losses) - patience)
             stable = rates[start - 1] if start > 0 else rates[0] / ratio
@@ -607,8 +609,8 @@ def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int =
         "base_run_steps": base_steps, "plan": dataclasses.asdict(plan),
         "noise": noise, "curvature": curvature, "momentum": beta,
         "criterion": {"factor": DIVERGE_FACTOR, "patience": DIVERGE_PATIENCE,
-                      "limit": "min(factor × first loss, ln(classes)); mean of the last "
-                               "max(patience, 64/B) losses above it",
+                      "limit": "min(factor × the first window's mean loss, ln(classes)); "
+                               "mean of the last max(patience, 64/B) losses above it",
                       "safety": SAFETY, "ramp_span": RAMP_SPAN},
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
@@ -689,7 +691,8 @@ Larger batches, rejected:
 - *stable lr*: the last rate of the range test (from the warmed-up state, rates × ratio per
   step, from peak/{crit['ramp_span']:g} to peak × {crit['ramp_span']:g}) before the
   divergence criterion fired: the mean loss of the last max({crit['patience']}, 64/B) steps above
-  min({crit['factor']:g}× the first loss, ln classes) (above chance: collapsed), or non-finite;
+  min({crit['factor']:g}× the first window's mean, ln classes) (above chance: collapsed), or
+  non-finite;
   *margin* = stable lr / peak lr; *stable* needs margin ≥ {crit['safety']} and the curvature
   bound; below 1 it *diverges*.{untested}
 - λ_max = {fmt(curv['lambda_max'], '.4g', 'not measured')} ({state} after
