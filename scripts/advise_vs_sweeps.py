@@ -18,6 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from batchscale.config import from_dict
+from batchscale.study.expand import equivalence_key
+
 ROOT = Path(__file__).resolve().parents[1]
 ADVICE_DIR = ROOT / "docs" / "results" / "advise-mini"
 SWEEPS = ["mini", "beyond-mini", "diverge-mini"]
@@ -30,6 +33,23 @@ DOES_NOT_TRAIN_ACC = 0.15  # until the run-level collapse rule (engine/collapse.
 
 def recipe_key(config: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in config.items() if k not in NOT_RECIPE))
+
+
+def computation_key(config: dict, batch: int) -> tuple:
+    """The study's equivalence key of a recipe at a batch, epochs and seed aside: a recipe at
+    its base batch is the same computation as another recipe's base run (mini's trivial/b4)."""
+    values = {**config, "batch_size": batch, "epochs": 1, "seed": 0, "track_noise_scale": False,
+              "noise_scale_every": 1, "warmup_epochs": min(config["warmup_epochs"], 1)}
+    return equivalence_key(from_dict(values))
+
+
+def belongs(run: dict, record: dict) -> bool:
+    """Is this sweep run the advice's recipe at the run's batch?"""
+    if recipe_key(run["config"]) == recipe_key(record["config"]):
+        return True
+    return (run["batch"] == record["base_batch"] and
+            computation_key(run["config"], run["batch"]) ==
+            computation_key(record["config"], run["batch"]))
 
 
 def load_advice() -> list[dict]:
@@ -111,8 +131,7 @@ def report(advice: list[dict], runs: list[dict]) -> str:
     orders = {"same": 0, "different": 0}
     sections = []
     for record in advice:
-        key = recipe_key(record["config"])
-        mine = [r for r in runs if recipe_key(r["config"]) == key]
+        mine = [r for r in runs if belongs(r, record)]
         rows = {row["batch"]: row for row in record["rows"]}
         cfg = record["config"]
         section = [f"## {record['name']}: {cfg['optimizer']}, lr {cfg['lr']} at B = "
@@ -133,6 +152,8 @@ def report(advice: list[dict], runs: list[dict]) -> str:
         for sweep in sweeps_seen:
             for batch in sorted({r["batch"] for r in mine if r["sweep"] == sweep}):
                 cell = [r for r in mine if r["sweep"] == sweep and r["batch"] == batch]
+                if len({r["recipe"] for r in cell}) > 1:  # the base run, shared by recipes
+                    cell = [r for r in cell if r["recipe"] == cell[0]["recipe"]]
                 row = rows.get(batch)
                 fails = any(r["outcome"] != "trains" for r in cell)
                 test_accs = [r["summary"]["final_test_acc"] for r in cell
@@ -159,9 +180,8 @@ def report(advice: list[dict], runs: list[dict]) -> str:
                  f"times, different {orders['different']} times.**")
     lines.append("")
     lines += sections
-    keys = {recipe_key(record["config"]) for record in advice}
     unprobed = sorted({f"{r['sweep']}/{r['recipe']}" for r in runs
-                       if recipe_key(r["config"]) not in keys})
+                       if not any(belongs(r, record) for record in advice)})
     lines += ["## Not measured", "",
               "- Sweep recipes without an advise probe (not compared): "
               + (", ".join(unprobed) or "none") + ".",
