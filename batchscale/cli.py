@@ -12,7 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from batchscale.analysis.commands import add_analyze_parser, analyze_command
+from batchscale.analysis.commands import (
+    add_advise_parser,
+    add_analyze_parser,
+    advise_command,
+    analyze_command,
+)
 from batchscale.bench import add_bench_parser, bench_command
 from batchscale.config import (
     RESUMABLE_FIELDS,
@@ -71,6 +76,7 @@ def build_parser() -> Parser:
     add_study_parser(commands)
     add_report_parser(commands)
     add_analyze_parser(commands)
+    add_advise_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"train": run_train, "study": study_command, "report": run_report,
-                    "analyze": analyze_command, "bench": bench_command}
+                    "analyze": analyze_command, "bench": bench_command, "advise": advise_command}
         return commands[args.command](args)
     except UserError as err:
         print(f"batchscale: error: {err}", file=sys.stderr)

@@ -78,8 +78,8 @@ def test_the_sweep_hands_each_run_its_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep, "visible_gpus", lambda: ["0", "1"])
     seen = []
 
-    def fake_start(run, out, env=None):
-        seen.append(env["CUDA_VISIBLE_DEVICES"])
+    def fake_start(run, out, jobs=1, gpu_env=None):
+        seen.append(gpu_env["CUDA_VISIBLE_DEVICES"])
         process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
         return sweep.Active(run, process, open(tmp_path / f"{len(seen)}.log", "w"))
 

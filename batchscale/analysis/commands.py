@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from batchscale.analysis import hessian, landscape
+from batchscale.analysis import advise, hessian, landscape
+from batchscale.config import add_config_options, from_dict, given_fields, load_yaml
 from batchscale.errors import UserError
 
 
@@ -106,3 +107,40 @@ def analyze_command(args) -> int:
     print(f"landscape: {out / 'landscape.png'}, {out / 'landscape_curves.json'}")
     return 0
 
+
+
+# ---------------------------------------------------------------------- advise
+def add_advise_parser(commands) -> None:
+    """`batchscale advise [training options] --batches 4,16,64 --out DIR`."""
+    parser = commands.add_parser("advise", help="how far can this recipe's batch scale? a short "
+                                 "probe: stability, step efficiency and time per candidate B")
+    parser.add_argument("--batches", required=True,
+                        help="candidate batch sizes, comma-separated (e.g. 4,16,64,256)")
+    parser.add_argument("--budget-images", type=int, default=0,
+                        help="training images the whole probe may use (default: 10%% of one "
+                             "full run of the recipe at its base batch)")
+    parser.add_argument("--out", required=True, help="folder for advice.json, advice.md, "
+                        "advice.png")
+    parser.add_argument("--config", help="YAML file of config fields (the recipe)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing advice")
+    parser.add_argument("--quiet", action="store_true", help="print only the table")
+    add_config_options(parser)
+
+
+def advise_command(args) -> int:
+    base = load_yaml(Path(args.config)).to_dict() if args.config else {}
+    cfg = from_dict({**base, **given_fields(args)})
+    batches = advise.check_batches(args.batches, cfg)
+    if args.budget_images < 0:
+        raise UserError(f"--budget-images must be positive, got {args.budget_images}")
+    record = advise.advise(cfg, batches, Path(args.out), args.budget_images, args.overwrite,
+                           args.quiet)
+    print(advise.table(record))
+    best = record["advice"]
+    print(f"advice: B = {best['batch']}, peak lr {best['peak_lr']:.4g}, warmup "
+          f"{best['warmup_epochs']} epochs ({best['warmup_steps']} steps). {best['note']}".rstrip())
+    for reason in best["rejected"]:
+        print(f"  {reason['sentence']}")
+    print(f"probe: {record['probe_images']} images ({record['probe_fraction']:.1%} of a full "
+          f"run), {record['probe_wall_s'] / 60:.1f} min; {Path(args.out) / advise.RESULT_MD}")
+    return 0

@@ -124,7 +124,7 @@ def ordering_sentence(grouped: dict[str, list[Cell]], ordering: list[str]) -> st
     if any(mean_interval(v)[1] is None for v in values):
         return (text + " With one seed in a cell there is no interval, so no ordering is "
                 "claimed; the point values alone cannot separate the recipes from seed noise.")
-    pairs = [separated(low, high) for low, high in zip(values, values[1:])]
+    pairs = [separated(low, high) for low, high in zip(values, values[1:], strict=False)]
     if all(p is True for p in pairs):
         verdict = f"The study's ordering {' < '.join(ordering)} **holds**"
     elif any(p is False for p in pairs):
@@ -133,7 +133,7 @@ def ordering_sentence(grouped: dict[str, list[Cell]], ordering: list[str]) -> st
     else:
         verdict = ("The study's ordering is **not resolved**: the intervals of at least one "
                    "neighbouring pair overlap")
-    names = [f"{low} vs {high}" for low, high in zip(ordering, ordering[1:])]
+    names = [f"{low} vs {high}" for low, high in zip(ordering, ordering[1:], strict=False)]
     detail = "; ".join(f"{n}: {'separated' if p is not None else 'overlapping'}"
                        for n, p in zip(names, pairs, strict=True))
     return f"{text} {verdict} ({detail})."
