@@ -184,6 +184,23 @@ def test_interpolating_a_run_with_itself_is_flat(trained_run):
     assert max(record["train_loss"]) - min(record["train_loss"]) < 1e-5
 
 
+def test_interpolating_two_different_runs_meets_each_at_its_end(trained_run, tmp_path):
+    """α = 0 is run A's own evaluated loss and α = 1 run B's, although B differs (another seed),
+    and the path between them is not flat."""
+    other = tmp_path / "seed4"
+    train(tiny_config(epochs=1, threads=1, bn_group=16, seed=4), other, quiet=True)
+    first, second = (landscape.load_run(path, "cpu") for path in (trained_run, other))
+    sample = first.train_sample(60)
+    own = [landscape.evaluate(run.model, sample)[0] for run in (first, second)]
+    record = landscape.interpolate_runs(first, second, points=3, train_images=60,
+                                        test_images=60)
+    assert record["alpha"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    assert record["train_loss"][1] == pytest.approx(own[0], rel=1e-6)
+    assert record["train_loss"][3] == pytest.approx(own[1], rel=1e-6)
+    assert abs(own[0] - own[1]) > 1e-4  # two different end points
+    assert max(record["train_loss"]) - min(record["train_loss"]) > 1e-3
+
+
 # ---------------------------------------------------------------------- command line
 def test_analyze_commands_write_their_files(trained_run, tmp_path, capsys):
     assert main(["analyze", "hessian", str(trained_run), "--images", "40", "--max-iters", "3",

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchscale.config import from_dict
+from batchscale.engine import checkpoint, rundir
 from batchscale.engine.data import eval_batches
 from batchscale.engine.optim import build_optimizer
 from batchscale.engine.schedule import LearningRatePlan
@@ -228,6 +229,11 @@ def test_lamb_run_resumes_exactly(tmp_path):
     resumed = train(cfg, tmp_path / "b", resume=True, quiet=True)
     assert resumed["final_test_acc"] == reference["final_test_acc"]
     assert resumed["final_train_acc"] == reference["final_train_acc"]
+    weights = [checkpoint.load(tmp_path / run / checkpoint.NAME)["model"] for run in "ab"]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit for bit
+    losses = [[row["train_loss"] for row in rundir.read_metrics(tmp_path / run)] for run in "ab"]
+    assert losses[0] == losses[1]
 
 
 # ---------------------------------------------------------------------- presets
@@ -247,3 +253,26 @@ def test_beyond_presets_settings():
     assert full["per-worker-bn", 4096].peak_lr == pytest.approx(3.2)  # the study's divergence
     assert {cfg.optimizer for cfg in full.values()} == {"sgd", "lars", "lamb"}
     assert {cfg.group_size for cfg in full.values()} == {32}
+
+
+def test_mini_preset_lr_plan():
+    """mini: 0.01 at B = 4 scaled linearly, x0.1 decays at epochs 40 and 80 of 120, warmup 2
+    epochs for the scaled recipes, noise scale tracked on every 4th step, BN groups of 4."""
+    from batchscale.engine.schedule import plan_from_config
+    from batchscale.study.expand import expand, load_preset
+
+    runs = {(r.recipe, r.batch_size, r.seed): r.cfg for r in expand(load_preset("mini"))}
+    assert {seed for _, _, seed in runs} == {0, 1}
+    for (recipe, batch, _), cfg in runs.items():
+        steps = 1600 // batch
+        plan = plan_from_config(cfg, steps)
+        scaled = recipe != "trivial"
+        peak = 0.01 * batch / 4 if scaled else 0.01
+        assert cfg.peak_lr == pytest.approx(peak)
+        assert plan.warmup_steps == (2 * steps if scaled else 0)
+        at = {epoch: plan.lr_at(epoch * steps) for epoch in (39, 40, 79, 80, 119)}
+        assert at[39] == pytest.approx(peak) and at[40] == pytest.approx(peak * 0.1)
+        assert at[79] == pytest.approx(peak * 0.1) and at[80] == pytest.approx(peak * 0.01)
+        assert at[119] == pytest.approx(peak * 0.01) and cfg.epochs == 120
+        assert cfg.track_noise_scale and cfg.noise_scale_every == 4
+        assert cfg.group_size == (4 if recipe == "per-worker-bn" else batch)

@@ -185,7 +185,10 @@ def interpolate_runs(first: LoadedRun, second: LoadedRun, points: int = 41,
                                                for k in state_a):
         raise UserError(f"{first.directory} and {second.directory} have different "
                         "architectures; interpolation needs the same model and width")
+    # both cloned: the model's own tensors change as points are loaded (and `second` may be
+    # the same loaded run as `first`)
     state_a = {k: v.clone() for k, v in state_a.items()}
+    state_b = {k: v.clone() for k, v in state_b.items()}
     model = first.model
 
     def set_point(alpha):
