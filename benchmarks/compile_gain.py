@@ -12,7 +12,6 @@ import os
 import statistics
 import time
 
-import batchscale  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from batchscale.bench import emit
 from batchscale.config import from_dict
 from batchscale.engine.data import EpochLoader

@@ -9,7 +9,6 @@ DataLoader loop, the augmented-batch pipeline alone, and ghost vs loop BN at B =
 
 import sys
 
-import batchscale  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from batchscale.cli import main
 
 if __name__ == "__main__":
