@@ -304,6 +304,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"batch_size {cfg.batch_size} is not a multiple of workers {cfg.workers}")
     if cfg.sync_bn and cfg.group_size != cfg.batch_size:
         raise UserError("sync_bn normalizes over the whole global batch; it needs bn_group 0")
+    if cfg.sync_bn and cfg.track_noise_scale:
+        raise UserError("track_noise_scale compares each worker's gradient with the global one, "
+                        "which sync_bn makes gradients of different functions; drop one of them")
     check_local_sgd(cfg)
     check_batch_growth(cfg)
 

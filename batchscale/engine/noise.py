@@ -12,10 +12,19 @@ steps before the ratio is taken, since the ratio of two noisy estimates is biase
 
     batchscale train ... --track-noise-scale        # adds noise_* fields to metrics.jsonl
 
-In the single-process run the big gradient is the step's own (already computed) gradient and the
-small one comes from one batch-norm group (cfg.group_size samples; a quarter of the batch when
-batch norm is over the whole batch), cycling through the groups step by step, recomputed by an
-extra forward and backward pass over that group alone: about b_small / b_big of a step's cost.
+In one process the two gradients must be gradients of one function, and with batch norm the
+function depends on how many images share its statistics. With per-worker batch norm (groups of
+cfg.bn_group images) the big gradient is the step's own (already computed) gradient, the mean of
+its groups' gradients, and the small one is one group's, cycling through the groups step by
+step, recomputed by an extra forward and backward pass over that group alone: about
+b_small / b_big of a step's cost. With batch norm over the whole batch no small batch computes
+the same function: BN over a quarter of the batch is not BN over all of it, and comparing the
+two biased |G|² downwards (it came out negative in most epochs of the `mini` study). There the
+noise scale is defined for batch norm over b_small = B / 4 images -- the function per-worker BN
+with four workers would train: each quarter's gradient is computed with BN over that quarter,
+the small squared norm is the mean of the four, and the big gradient is their mean
+(b_big = 4 b_small). That costs one extra step's computation, and it measures the noise of the
+quarter-batch function, not of the whole-batch function that trains (docs/analysis.md).
 With noise_scale_every = N only every N-th step pays that pass (the moving averages then span
 an epoch's N-th steps). A small batch of fewer than MIN_SMALL_BATCH images is not measured: batch
 norm over one to three images computes a different function from the big batch's, so its
@@ -24,7 +33,8 @@ image); such a run trains without the noise fields and says so once.
 Batch-norm running statistics are restored afterwards and no random numbers are drawn, so the
 training trajectory is the same as without tracking. Under torchrun the small gradient is each
 worker's local gradient before the all-reduce: `LocalNormHook` reads it, with no extra pass, and
-the workers' squared norms are averaged (b_small = B / workers, b_big = B).
+the workers' squared norms are averaged (b_small = B / workers, b_big = B); each worker's batch
+norm is over its own images, so both are gradients of one function.
 """
 
 from __future__ import annotations
@@ -60,13 +70,23 @@ def small_batch_size(group_size: int, batch_size: int) -> int:
     return group_size if group_size < batch_size else max(1, batch_size // 4)
 
 
+def measured_batches(group_size: int, batch_size: int) -> tuple[int, int, bool]:
+    """(b_small, b_big, every_group) of the single-process measurement: with BN groups the big
+    batch is the step's own; with whole-batch BN it is the four quarters measured separately."""
+    small = small_batch_size(group_size, batch_size)
+    if group_size < batch_size:
+        return small, batch_size, False
+    return small, small * (batch_size // small), True
+
+
 class NoiseScaleTracker:
     """EMA-smoothed |G|² and tr(Σ); its state is a dict of tensors updated in place, so that
     the dict kept in the training position (and its checkpoint) is always current."""
 
     def __init__(self, small_batch: int, big_batch: int, decay: float, state: dict | None = None,
-                 every: int = 1):
+                 every: int = 1, every_group: bool = False):
         self.small_batch, self.big_batch, self.decay = small_batch, big_batch, decay
+        self.every_group = every_group  # whole-batch BN: measure each quarter (see the top)
         self.state = state if state is not None else self.fresh_state()
         self.every = every
         self.hook: LocalNormHook | None = None  # under torchrun: the workers' local norms
@@ -124,8 +144,8 @@ def attach(setup, position) -> NoiseScaleTracker | None:
         return None
     workers = setup.world_size
     # under torchrun the small batch is each worker's own, read before the all-reduce
-    small = cfg.batch_size // workers if workers > 1 else small_batch_size(cfg.group_size,
-                                                                          cfg.batch_size)
+    small, big, every_group = ((cfg.batch_size // workers, cfg.batch_size, False) if workers > 1
+                               else measured_batches(cfg.group_size, cfg.batch_size))
     if small < MIN_SMALL_BATCH:
         if setup.rank == 0:
             print(f"batchscale: noise scale not tracked: its small batch would be {small} "
@@ -135,8 +155,8 @@ def attach(setup, position) -> NoiseScaleTracker | None:
     decay = 1.0 - 2.0 / (max(observed_per_epoch, 1) + 1)
     if position.noise_state is None:
         position.noise_state = NoiseScaleTracker.fresh_state()
-    tracker = NoiseScaleTracker(small, cfg.batch_size, decay, position.noise_state,
-                                cfg.noise_scale_every).to(setup.device)
+    tracker = NoiseScaleTracker(small, big, decay, position.noise_state, cfg.noise_scale_every,
+                                every_group).to(setup.device)
     if workers > 1:
         tracker.hook = LocalNormHook(setup.model.parameters())
         setup.train_model.register_comm_hook(tracker.hook, LocalNormHook.__call__)
@@ -177,18 +197,34 @@ def after_backward(tracker: NoiseScaleTracker, model: nn.Module, images: torch.T
 def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Tensor,
                  labels: torch.Tensor, loss_of=None) -> None:
     """After the step's backward (p.grad = the big-batch gradient) and before the optimizer
-    step: recompute one small group's gradient and feed both squared norms to the tracker.
-    `loss_of(images, labels)` is the training loss (default: mean cross-entropy)."""
+    step: recompute one small group's gradient and feed both squared norms to the tracker; with
+    `tracker.every_group` (whole-batch BN) recompute every quarter's gradient instead and take
+    the big gradient from them. `loss_of(images, labels)` is the training loss (default: mean
+    cross-entropy)."""
     loss_of = loss_of or (lambda x, y: F.cross_entropy(model(x).float(), y))
     params = [p for p in model.parameters() if p.requires_grad]
-    big_sq = squared_norm([p.grad for p in params]).to(images.device)
     small = tracker.small_batch
-    group = tracker.state["count"] % (len(labels) // small)
-    part = slice(group * small, (group + 1) * small)
-    with batch_norm_buffers_kept(model):
-        grads = torch.autograd.grad(loss_of(images[part], labels[part]), params,
-                                    allow_unused=True)
-    tracker.observe(squared_norm(grads).to(images.device), big_sq)
+    groups = len(labels) // small
+
+    def group_gradient(group: int) -> list[torch.Tensor]:
+        part = slice(group * small, (group + 1) * small)
+        with batch_norm_buffers_kept(model):
+            grads = torch.autograd.grad(loss_of(images[part], labels[part]), params,
+                                        allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+    if not tracker.every_group:
+        big_sq = squared_norm([p.grad for p in params]).to(images.device)
+        small_sq = squared_norm(group_gradient(tracker.state["count"] % groups))
+        tracker.observe(small_sq.to(images.device), big_sq)
+        return
+    small_sq, total = torch.zeros((), dtype=torch.float64, device=images.device), None
+    for group in range(groups):
+        grads = group_gradient(group)
+        small_sq += squared_norm(grads).to(small_sq)
+        total = ([g.double() for g in grads] if total is None
+                 else [t.add_(g) for t, g in zip(total, grads, strict=True)])
+    tracker.observe(small_sq / groups, squared_norm([t / groups for t in total]).to(small_sq))
 
 
 # ---------------------------------------------------------------------- under torchrun

@@ -79,9 +79,10 @@ def use_batch(setup: Setup, batch: int) -> None:
     set_group_size(setup.model, cfg.bn_group if cfg.bn_impl == "ghost" else 0)
     if setup.noise is not None:
         workers = setup.world_size
-        setup.noise.small_batch = (batch // workers if workers > 1 else
-                                   noise_scale.small_batch_size(cfg.bn_group or batch, batch))
-        setup.noise.big_batch = batch
+        noise = setup.noise
+        noise.small_batch, noise.big_batch, noise.every_group = (
+            (batch // workers, batch, False) if workers > 1
+            else noise_scale.measured_batches(cfg.bn_group or batch, batch))
 
 
 def train_step(setup: Setup, images, labels):
