@@ -195,6 +195,13 @@ def config_flags(cfg: TrainConfig) -> list[str]:
     return flags
 
 
+def how_flags(cfg: TrainConfig) -> list[str]:
+    """The how-fields as options: what a resumed run takes from the command that resumes it."""
+    values = cfg.to_dict()
+    return [flag for name in HOW_FIELDS
+            for flag in ("--" + name.replace("_", "-"), str(values[name]))]
+
+
 # ---------------------------------------------------------------------- parsing values
 def parse_value(name: str, text: Any) -> Any:
     """Convert `text` to the type of field `name`; a bad key or value is a UserError."""

@@ -175,6 +175,16 @@ def test_interrupted_run_is_resumed_not_restarted(tmp_path):
     assert len(rundir.read_metrics(tmp_path / run.directory)) == 1
 
 
+def test_a_resumed_run_takes_the_how_settings_of_the_study_that_resumes_it(tmp_path):
+    """`--set tensorboard=true` (or threads, device...) on the rerun reaches the resumed run."""
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra (make test has it)")
+    (run,) = tiny_runs((32,))
+    train(run.cfg, tmp_path / run.directory, quiet=True, stop_at_step=2)
+    (again,) = expand(tiny_preset((32,)), overrides={**TINY, "threads": 1, "tensorboard": True})
+    assert execute([again], tmp_path)["completed"] == 1
+    assert list((tmp_path / run.directory / "tb").iterdir())
+
+
 def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
     runs = tiny_runs((256, 32))  # 256 > the 200 training images: that run fails
     counts = execute(runs, tmp_path, jobs=2)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from batchscale.config import HOW_FIELDS, config_flags
+from batchscale.config import config_flags, how_flags
 from batchscale.engine import checkpoint, rundir, tensorboard
 from batchscale.errors import UserError
 from batchscale.results.report import write_report
@@ -128,9 +128,7 @@ def train_job(run: Run, out: Path, gpus: int) -> TrainJob:
     if gpus > 1 and run.cfg.workers not in (0, gpus):
         raise UserError(f"{run.name} has workers={run.cfg.workers}; --gpus-per-run {gpus} "
                         "starts that many workers: make them equal")
-    values = run.cfg.to_dict()
-    how = [f for name in (*HOW_FIELDS, "epochs")
-           for f in ("--" + name.replace("_", "-"), str(values[name]))]
+    how = how_flags(run.cfg) + ["--epochs", str(run.cfg.epochs)]
     return TrainJob(str(out / run.directory), config_flags(run.cfg), how, gpus)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from batchscale.config import RESUMABLE_FIELDS, check_threads, config_flags, load_yaml
+from batchscale.config import RESUMABLE_FIELDS, check_threads, config_flags, how_flags, load_yaml
 from batchscale.engine import rundir
 from batchscale.engine.lock import FolderLock
 from batchscale.errors import UserError
@@ -89,7 +89,7 @@ def to_train(run: Run, out: Path) -> bool:
 def train_command(run: Run, directory: Path, resume: bool) -> list[str]:
     command = [sys.executable, "-m", "batchscale", "train", "--out", str(directory), "--quiet"]
     if resume:
-        return command + ["--resume", "--threads", str(run.cfg.threads)]
+        return command + ["--resume", *how_flags(run.cfg)]  # e.g. --set tensorboard=true
     # a directory without config.yaml holds nothing to keep
     return command + config_flags(run.cfg) + ["--overwrite"]
 
