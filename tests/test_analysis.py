@@ -15,6 +15,7 @@ from batchscale.cli import main
 from batchscale.engine import noise
 from batchscale.engine.models import build_model
 from batchscale.engine.rundir import read_metrics
+from batchscale.engine.step import evaluate_model
 from batchscale.engine.train import train
 
 from conftest import ROOT, tiny_config
@@ -170,7 +171,7 @@ def test_landscape_at_zero_is_the_models_own_evaluated_loss(trained_run):
     assert record["test_loss"][zero] == pytest.approx(final["test_loss"], rel=1e-6)
     assert record["test_acc"][zero] == final["test_acc"]
     assert record["train_loss"][zero] == pytest.approx(
-        landscape.evaluate(run.model, run.train_sample(100))[0], rel=1e-9)
+        evaluate_model(run.model, run.train_sample(100), 1000)[0], rel=1e-9)
     assert record["sharpness"] == pytest.approx(
         (record["train_loss"][1] + record["train_loss"][3]) / 2 - record["train_loss"][2])
     assert json.loads((trained_run / "landscape.json").read_text())["sharpness"] == \
@@ -191,7 +192,7 @@ def test_interpolating_two_different_runs_meets_each_at_its_end(trained_run, tmp
     train(tiny_config(epochs=1, threads=1, bn_group=16, seed=4), other, quiet=True)
     first, second = (landscape.load_run(path, "cpu") for path in (trained_run, other))
     sample = first.train_sample(60)
-    own = [landscape.evaluate(run.model, sample)[0] for run in (first, second)]
+    own = [evaluate_model(run.model, sample, 1000)[0] for run in (first, second)]
     record = landscape.interpolate_runs(first, second, points=3, train_images=60,
                                         test_images=60)
     assert record["alpha"] == [-0.5, 0.0, 0.5, 1.0, 1.5]

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from batchscale.config import TrainConfig, load_yaml
 from batchscale.engine import checkpoint, rundir
 from batchscale.engine.data import Split, balanced_subset, eval_batches, load_dataset
 from batchscale.engine.models import build_model
 from batchscale.engine.setup import resolve_device
+from batchscale.engine.step import evaluate_model
 from batchscale.errors import UserError
 
 RESULT_FILE = "landscape.json"
@@ -113,25 +113,12 @@ def filter_normalized_direction(model: torch.nn.Module, seed: int = 0,
 
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, BN in eval mode, no augmentation (as step.evaluate)."""
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for images, labels in eval_batches(split, batch_size):
-        logits = model(images.contiguous()).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
-    return loss_sum.item() / len(split), correct.item() / len(split)
-
-
 def _curve(model, set_point, alphas, splits: dict[str, Split], batch_size: int) -> dict:
     values = {f"{name}_{kind}": [] for name in splits for kind in ("loss", "acc")}
     for alpha in alphas:
         set_point(alpha)
         for name, split in splits.items():
-            loss, acc = evaluate(model, split, batch_size)
+            loss, acc = evaluate_model(model, split, batch_size)
             values[f"{name}_loss"].append(loss)
             values[f"{name}_acc"].append(acc)
     return {"alpha": list(alphas), **values}

@@ -24,7 +24,7 @@ def autocast(setup: Setup):
     return contextlib.nullcontext()
 
 
-# Issue 6: on CPU, one process, a ghost batch runs in forward passes of whole BN groups, about
+# On CPU, one process, a ghost batch runs in forward passes of whole BN groups, about
 # this many samples each: B = 1024 activations overflow the caches (a B = 1024 step ran 2x slower
 # per image than B = 128). Same groups, same statistics, same order of running-stat updates.
 CPU_GHOST_CHUNK = 128
@@ -142,15 +142,26 @@ class Meter:
 @torch.no_grad()
 def evaluate(setup: Setup, split: Split) -> tuple[float, float]:
     """Mean loss and accuracy over a whole split, BN in eval mode, no augmentation."""
-    setup.model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=setup.device)
-    correct = torch.zeros((), dtype=torch.int64, device=setup.device)
-    for images, labels in eval_batches(split, setup.cfg.eval_batch_size):
-        with autocast(setup):
-            logits = setup.model(prepare_input(setup, images)).float()
+    return evaluate_model(setup.model, split, setup.cfg.eval_batch_size,
+                          lambda images: prepare_input(setup, images), lambda: autocast(setup))
+
+
+def evaluate_model(model: torch.nn.Module, split: Split, batch_size: int,
+                   prepare=torch.Tensor.contiguous, precision=contextlib.nullcontext
+                   ) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` over a split, in eval mode (restored afterwards), each
+    batch `prepare`d and run under `precision()`; sums on the device, one read at the end."""
+    training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for images, labels in eval_batches(split, batch_size):
+        with precision():
+            logits = model(prepare(images)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
-    setup.model.train()
+    model.train(training)
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 

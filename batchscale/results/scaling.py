@@ -224,7 +224,9 @@ def scaling_section(out: Path, grouped, compare_with: list[str] = ()) -> list[st
              f"tr(Σ) to the mean |G|² over its last {LATE} epochs, then the mean over seeds ± "
              "its 95% t-interval (undefined where the mean |G|² is ≤ 0: such runs are counted, "
              "not replaced by an earlier positive epoch); *undefined epochs*: the share of "
-             "epochs whose smoothed |G|² estimate is ≤ 0 (docs/statistics.md). "
+             "epochs whose smoothed |G|² estimate is ≤ 0 (docs/statistics.md). Under batch "
+             "norm over the whole batch, B_simple is that of batch norm over a quarter of the "
+             "batch, each quarter's gradient measured (docs/analysis.md). "
              "*Fit*: accuracy on the landscape's fixed training sample at α = 0, "
              "BN in eval mode, no augmentation. Means over completed seeds; — where not "
              "measured.", "",
