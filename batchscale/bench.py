@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -303,9 +304,15 @@ def check_json_path(path: str | None) -> None:
 
 
 def save_json(result: dict, path: str | None) -> None:
-    """Write a benchmark's result to `path` (its --json option), if one was given."""
+    """Write a benchmark's result to `path` (its --json option), if one was given, with where it
+    came from: the command, the commit, the machine and its load when the result was in."""
     if path:
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        provenance = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                      "git_commit": rundir.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                      "machine": platform.processor() or platform.machine(),
+                      "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                      "load_1m_at_end": load()}
+        Path(path).write_text(json.dumps({**result, "provenance": provenance}, indent=2) + "\n")
 
 
 def emit(result: dict, path: str | None) -> None:

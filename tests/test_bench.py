@@ -4,6 +4,7 @@ No timing is asserted here: timings are benchmarks (printed ratios), not tests.
 """
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,7 +62,10 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
                  "--ghost-batch-size", "64", "--ghost-group", "16", "--json", str(out)])
     assert code == 0
     results = json.loads(out.read_text())
+    provenance = results.pop("provenance")  # the file says where it came from
     assert results == json.loads(capsys.readouterr().out)
+    assert {"command", "git_commit", "date", "machine", "torch"} <= set(provenance)
+    assert provenance["cpu_count"] == os.cpu_count() and provenance["load_1m_at_end"] >= 0
     train = results["train"]
     assert train["engine_images_per_sec"] > 0 and train["reference_images_per_sec"] > 0
     assert len(train["engine_per_epoch"]) == len(train["reference_per_epoch"]) == 2
