@@ -1,4 +1,4 @@
-"""Issue 5: filter-normalized directions, Hessian power iteration, the noise-scale estimator,
+"""Filter-normalized directions, Hessian power iteration, the noise-scale estimator,
 the landscape at α = 0, the training hook, and the `analyze` command line."""
 
 from __future__ import annotations
