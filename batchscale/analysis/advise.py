@@ -362,22 +362,12 @@ def warm_up_base(setup: Setup, steps: int, plan: Plan, ledger: Ledger) -> dict:
 def measure_noise(setup: Setup, images, labels) -> tuple[float, float]:
     """Unbiased (|G|², tr Σ) from one big batch cut into base batches: the small estimate is the
     mean squared norm of the parts' gradients, the big one the squared norm of their mean."""
-    params = [p for p in setup.model.parameters() if p.requires_grad]
     small = setup.cfg.batch_size
-    total = [torch.zeros_like(p) for p in params]
-    small_sq = 0.0
-    with noise_scale.batch_norm_buffers_kept(setup.model):
-        for x, y in zip(images.split(small), labels.split(small), strict=True):
-            loss, _ = forward_loss(setup, prepare_input(setup, x), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params,
-                                                                               strict=True)]
-            small_sq += noise_scale.squared_norm(grads).item()
-            for acc, g in zip(total, grads, strict=True):
-                acc.add_(g)
-    parts = len(labels) // small
-    big_sq = noise_scale.squared_norm([t / parts for t in total]).item()
-    g_sq, trace = noise_scale.unbiased_estimates(small_sq / parts, small, big_sq, len(labels))
+    small_sq, big_sq = noise_scale.parts_squared_norms(
+        setup.model, lambda x, y: forward_loss(setup, prepare_input(setup, x), y)[0],
+        images, labels, small)
+    g_sq, trace = noise_scale.unbiased_estimates(small_sq.item(), small, big_sq.item(),
+                                                 len(labels))
     return float(g_sq), float(trace)
 
 

@@ -202,29 +202,40 @@ def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Ten
     the big gradient from them. `loss_of(images, labels)` is the training loss (default: mean
     cross-entropy)."""
     loss_of = loss_of or (lambda x, y: F.cross_entropy(model(x).float(), y))
-    params = [p for p in model.parameters() if p.requires_grad]
     small = tracker.small_batch
-    groups = len(labels) // small
-
-    def group_gradient(group: int) -> list[torch.Tensor]:
-        part = slice(group * small, (group + 1) * small)
-        with batch_norm_buffers_kept(model):
-            grads = torch.autograd.grad(loss_of(images[part], labels[part]), params,
-                                        allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-
-    if not tracker.every_group:
-        big_sq = squared_norm([p.grad for p in params]).to(images.device)
-        small_sq = squared_norm(group_gradient(tracker.state["count"] % groups))
-        tracker.observe(small_sq.to(images.device), big_sq)
+    if tracker.every_group:
+        tracker.observe(*parts_squared_norms(model, loss_of, images, labels, small))
         return
+    params = [p for p in model.parameters() if p.requires_grad]
+    big_sq = squared_norm([p.grad for p in params]).to(images.device)
+    group = tracker.state["count"] % (len(labels) // small)
+    part = slice(group * small, (group + 1) * small)
+    small_sq = squared_norm(part_gradient(model, loss_of, images[part], labels[part]))
+    tracker.observe(small_sq.to(images.device), big_sq)
+
+
+def part_gradient(model: nn.Module, loss_of, images, labels) -> list[torch.Tensor]:
+    """The gradient of `loss_of(images, labels)` (zeros for unused parameters), the model's
+    batch-norm buffers left as they were."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with batch_norm_buffers_kept(model):
+        grads = torch.autograd.grad(loss_of(images, labels), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def parts_squared_norms(model: nn.Module, loss_of, images, labels, small: int):
+    """The batch cut into consecutive parts of `small` images, each part's gradient computed
+    with batch norm over that part alone: (the mean over parts of |g_part|², |mean g_part|²),
+    float64 tensors on the images' device."""
     small_sq, total = torch.zeros((), dtype=torch.float64, device=images.device), None
-    for group in range(groups):
-        grads = group_gradient(group)
+    parts = len(labels) // small
+    for x, y in zip(images[:parts * small].split(small), labels[:parts * small].split(small),
+                    strict=True):
+        grads = part_gradient(model, loss_of, x, y)
         small_sq += squared_norm(grads).to(small_sq)
         total = ([g.double() for g in grads] if total is None
                  else [t.add_(g) for t, g in zip(total, grads, strict=True)])
-    tracker.observe(small_sq / groups, squared_norm([t / groups for t in total]).to(small_sq))
+    return small_sq / parts, squared_norm([t / parts for t in total]).to(small_sq)
 
 
 # ---------------------------------------------------------------------- under torchrun
