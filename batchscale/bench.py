@@ -307,7 +307,8 @@ def save_json(result: dict, path: str | None) -> None:
     """Write a benchmark's result to `path` (its --json option), if one was given, with where it
     came from: the command, the commit, the machine and its load when the result was in."""
     if path:
-        provenance = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        program = sys.argv[0] if not Path(sys.argv[0]).is_absolute() else Path(sys.argv[0]).name
+        provenance = {"command": " ".join([program, *sys.argv[1:]]),
                       "git_commit": rundir.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
                       "machine": platform.processor() or platform.machine(),
                       "cpu_count": os.cpu_count(), "torch": torch.__version__,
