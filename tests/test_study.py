@@ -94,7 +94,8 @@ def test_mini_preset_stays_in_the_study_regime():
     largest = [settings(r) for r in runs if r.batch_size == sizes[-1]]
     assert all(s["total_steps"] >= 200 for s in largest)
     assert all(s["warmup_steps"] >= 24 for s in largest if s["warmup_epochs"])
-    assert len({r.seed for r in runs}) >= 2
+    assert len({r.seed for r in runs}) >= 3  # a 95% interval that can separate recipes
+    assert len({r.seed for r in expand(load_preset("beyond-mini"))}) >= 3
 
 
 def test_equivalent_runs_are_trained_once():
