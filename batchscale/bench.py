@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from batchscale import files
 from batchscale.config import (
     FIELDS,
     TrainConfig,
@@ -313,7 +314,8 @@ def save_json(result: dict, path: str | None) -> None:
                       "machine": platform.processor() or platform.machine(),
                       "cpu_count": os.cpu_count(), "torch": torch.__version__,
                       "load_1m_at_end": load()}
-        Path(path).write_text(json.dumps({**result, "provenance": provenance}, indent=2) + "\n")
+        record = {**result, "provenance": provenance}
+        files.write_text(Path(path), json.dumps(record, indent=2) + "\n")
 
 
 def emit(result: dict, path: str | None) -> None:

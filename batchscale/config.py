@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from batchscale import files
 from batchscale.errors import UserError
 
 
@@ -248,7 +249,7 @@ def load_yaml(path: Path) -> TrainConfig:
 
 
 def dump_yaml(cfg: TrainConfig, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    files.write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ---------------------------------------------------------------------- validation

@@ -2,10 +2,12 @@
 resume rules (metrics against the checkpoint, a different number of epochs)."""
 
 import json
+import os
 
 import pytest
 import yaml
 
+from batchscale import files
 from batchscale.cli import main
 from batchscale.config import dump_yaml
 from batchscale.engine import rundir
@@ -122,3 +124,18 @@ def test_length_shaped_schedules_are_not_extended(tmp_path, schedule):
     with pytest.raises(UserError, match="different length is a different recipe"):
         rundir.extend_epochs(tmp_path / "run", tiny_config(schedule=schedule, epochs=3), False)
     assert yaml.safe_load((tmp_path / "run" / rundir.CONFIG).read_text())["epochs"] == 2
+
+
+def test_text_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Reports, plans, analysis JSON and configs go through files.write_text: a kill before the
+    new text is on disk leaves the old file, and no temporary beside it."""
+    path = tmp_path / "report.md"
+    files.write_text(path, "old\n")
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_text(path, "new\n" * 1000)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]

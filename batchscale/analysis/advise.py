@@ -38,16 +38,17 @@ from pathlib import Path
 
 import torch
 
+from batchscale import files
 from batchscale.analysis import hessian
 from batchscale.config import TrainConfig, from_dict
 from batchscale.engine import noise as noise_scale
-from batchscale.engine.checkpoint import atomic_write
 from batchscale.engine.data import EpochLoader, normalize
 from batchscale.engine.optim import set_lr
 from batchscale.engine.schedule import plan_from_config
 from batchscale.engine.setup import Setup, build
 from batchscale.engine.step import forward_loss, prepare_input, train_step
 from batchscale.errors import UserError
+from batchscale.files import atomic_write
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = "advice.json", "advice.md", "advice.png"
 DEFAULT_BUDGET_FRACTION = 0.10  # of one full run's training images at the base batch
@@ -740,7 +741,7 @@ def plot(record: dict, path: Path) -> None:
               title="predicted wall-clock per run on this machine")
     right.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    files.save_figure(fig, path, 110)
     plt.close(fig)
 
 

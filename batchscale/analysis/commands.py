@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from batchscale import files
 from batchscale.analysis import advise, hessian, landscape
 from batchscale.config import add_config_options, from_dict, given_fields, load_yaml
 from batchscale.errors import UserError
@@ -91,7 +92,7 @@ def analyze_command(args) -> int:
     if args.interpolate:
         record = landscape.interpolate_runs(loaded(runs[0]), loaded(runs[1]), points,
                                             args.train_images, args.test_images)
-        (out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n")
+        files.write_text(out / "interpolation.json", json.dumps(record, indent=2) + "\n")
         landscape.plot_interpolation(record, out / "interpolation.png")
         print(f"interpolation: {out / 'interpolation.png'}, {out / 'interpolation.json'}")
         return 0
@@ -102,7 +103,7 @@ def analyze_command(args) -> int:
         records.append(record)
         print(f"{run}: sharpness {record['sharpness']:.4g} (training-loss rise at |α| = "
               f"{record['sharpness_alpha']}); {run}/{landscape.RESULT_FILE}")
-    (out / "landscape_curves.json").write_text(json.dumps(records, indent=2) + "\n")
+    files.write_text(out / "landscape_curves.json", json.dumps(records, indent=2) + "\n")
     landscape.plot_slices(records, out / "landscape.png")
     print(f"landscape: {out / 'landscape.png'}, {out / 'landscape_curves.json'}")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from batchscale import files
 from batchscale.analysis.landscape import load_run, stacked
 
 RESULT_FILE = "hessian.json"
@@ -100,5 +101,5 @@ def analyze_run(run_dir: Path, images: int = DEFAULT_IMAGES, tol: float = DEFAUL
     record = {"run": str(run_dir), "batch_size": run.cfg.batch_size, "images": len(sample),
               "sample_seed": seed, "bn_mode": "eval", "loss": "mean cross-entropy, no weight "
               "decay", **asdict(result)}
-    (Path(run_dir) / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    files.write_text(Path(run_dir) / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from batchscale import files
 from batchscale.config import TrainConfig, load_yaml
 from batchscale.engine import checkpoint, rundir
 from batchscale.engine.data import Split, balanced_subset, eval_batches, load_dataset
@@ -159,7 +160,7 @@ def slice_run(run: LoadedRun, points: int = 51, direction_seed: int = 0, train_i
               "test_images": len(splits["test"]), "sample_seed": sample_seed,
               "sharpness_alpha": SHARPNESS_ALPHA, "sharpness": sharpness(curve),
               "test_sharpness": sharpness(curve, "test_loss"), **curve}
-    (run.directory / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    files.write_text(run.directory / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -235,7 +236,7 @@ def plot_slices(records: list[dict], path: Path, title: str = "") -> None:
     axes[0].set_ylabel("cross-entropy (axis capped near |α| = 0.5)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, 110)
     plt.close(fig)
 
 
@@ -256,5 +257,5 @@ def plot_interpolation(record: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper center")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, 110)
     plt.close(fig)

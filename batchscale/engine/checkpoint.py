@@ -7,7 +7,6 @@ the data order, partial sums of the epoch's metrics, and every random-number gen
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -16,22 +15,9 @@ import numpy as np
 import torch
 
 from batchscale.errors import UserError
+from batchscale.files import atomic_write
 
 NAME = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(directory: Path) -> None:

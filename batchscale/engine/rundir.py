@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from batchscale.config import TrainConfig, load_yaml
-from batchscale.engine.checkpoint import atomic_write
 from batchscale.engine.lock import LOCK_NAME
 from batchscale.errors import UserError
+from batchscale.files import atomic_write
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 STUDY_PLAN = "study.yaml"  # a study folder's expanded plan, beside its run directories

@@ -22,6 +22,7 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from batchscale import files
 from batchscale.engine import rundir  # noqa: E402
 from batchscale.results.collect import mean_std, published_row  # noqa: E402
 
@@ -53,7 +54,7 @@ def default_target(grouped) -> float | None:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    files.save_figure(fig, path, DPI)
     plt.close(fig)
 
 

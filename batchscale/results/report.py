@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from batchscale import files
 from batchscale.results.collect import (
     Cell,
     RunResult,
@@ -217,7 +218,7 @@ def write_report(out: Path, target: float | None = None) -> Path:
     lines += ["## Every run", ""] + runs_table(results) + ["## Figures", ""]
     lines += [f"![{name}]({name})\n\n*{caption}*\n" for name, caption in figures]
     path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    files.write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 

@@ -10,6 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
+from batchscale import files
 from batchscale.analysis.landscape import loss_ceiling
 from batchscale.results.collect import collect, fmt_interval, mean_interval
 
@@ -192,7 +193,7 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("training loss" if key == "landscapes" else "B_simple")
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        files.save_figure(fig, out / name, 110)
         plt.close(fig)
         figures.append((name, "Training loss along one filter-normalized random direction, "
                         "mean over seeds (Li et al. 2018; the study's Fig. 1b)"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from batchscale import files
 from batchscale.config import config_flags, how_flags
 from batchscale.engine import checkpoint, rundir, tensorboard
 from batchscale.errors import UserError
@@ -196,7 +197,7 @@ def read_jobs(out: Path) -> dict:
 
 def write_jobs(out: Path, jobs: dict) -> None:
     text = json.dumps(jobs, indent=2) + "\n"
-    checkpoint.atomic_write(out / JOBS_FILE, lambda handle: handle.write(text.encode()))
+    files.write_text(out / JOBS_FILE, text)
 
 
 def job_state(record: dict) -> str:
@@ -315,7 +316,7 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
         print(status_table(runs, out))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
+    files.write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
     executor = slurm_executor(out, args.slurm_partition, args.slurm_time, args.gpus_per_run,
                               args.slurm_array_parallelism, args.slurm_opt)
     outcome = submit(runs, out, executor, args.gpus_per_run)

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from batchscale import files
 from batchscale.config import RESUMABLE_FIELDS, check_threads, config_flags, how_flags, load_yaml
 from batchscale.engine import rundir
 from batchscale.engine.lock import FolderLock
@@ -211,7 +212,7 @@ def execute(runs: list[Run], out: Path, jobs: int = 1, stop_after: int | None = 
 def _execute(runs, out, jobs, stop_after, preset_document, extend, placement) -> dict[str, int]:
     check_existing(runs, out, extend)
     if preset_document is not None:
-        (out / PLAN_FILE).write_text(yaml.safe_dump(preset_document, sort_keys=False))
+        files.write_text(out / PLAN_FILE, yaml.safe_dump(preset_document, sort_keys=False))
     todo = [r for r in unique_runs(runs) if to_train(r, out)]
     total = len(unique_runs(runs))
     counts = {"skipped": total - len(todo), "completed": 0, "diverged": 0, "failed": 0,
