@@ -326,6 +326,8 @@ def test_worker_rules_are_checked_before_anything_starts(data, tmp_path):
         train(config(data, batch_size=64, bn_group=64, workers=2), tmp_path / "a", quiet=True)
     with pytest.raises(UserError, match="needs bn_group 0"):
         config(data, batch_size=64, bn_group=32, sync_bn=True)
+    with pytest.raises(UserError, match="sync_bn makes gradients of different functions"):
+        config(data, batch_size=64, sync_bn=True, track_noise_scale=True)
     with pytest.raises(UserError, match="started 1 process"):
         with distributed.process_group(config(data, workers=2)):
             pass
