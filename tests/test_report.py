@@ -4,13 +4,15 @@
 """
 
 import json
+import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from batchscale.cli import main
-from batchscale.results import published
+from batchscale.results import published, scaling
 from batchscale.results.report import write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study-small"
@@ -170,3 +172,15 @@ def test_study_limits_from_the_published_tables():
     assert study_limit("II")[0] == 1024 and study_limit("III")[0] == 2048
     assert largest_within([(4, 0.5), (8, 0.49), (16, 0.3), (32, 0.495)], 0.5) == 32
     assert largest_within([(4, None), (8, 0.2)], 0.5) is None
+
+
+def test_the_noise_plot_keeps_epochs_aligned_across_seeds(tmp_path):
+    """An undefined epoch is a gap in that epoch, not a shift of the later epochs (it was: the
+    undefined epochs were dropped, so the 2nd defined value was drawn at epoch 2)."""
+    rows = [{"noise_b_simple": b, "noise_grad_sq": g, "noise_trace_sigma": 1.0}
+            for b, g in ((None, -1.0), (None, -1.0), (5.0, 0.2))]
+    run = SimpleNamespace(directory="r", metrics=rows)
+    cell = SimpleNamespace(completed=[run, run], values=lambda key: [0.5, 0.5])
+    assert scaling.measurements(tmp_path, cell)["noise"] == [[None, None, 5.0]] * 2
+    assert scaling.epoch_mean([None, 4.0]) == 4.0 and scaling.epoch_mean([2.0, 4.0]) == 3.0
+    assert math.isnan(scaling.epoch_mean([None, None]))

@@ -7,6 +7,7 @@ fields of metrics.jsonl (`--track-noise-scale`). `batchscale.results.report.writ
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def measurements(out: Path, cell) -> dict:
     """Seed means of a cell's landscape sharpness, top eigenvalue and noise scale."""
     landscapes = [_read(out / r.directory / "landscape.json") for r in cell.completed]
     hessians = [_read(out / r.directory / "hessian.json") for r in cell.completed]
+    # per epoch, None where undefined: epochs stay aligned across seeds
     noise = [[m.get("noise_b_simple") for m in r.metrics] for r in cell.completed]
-    noise = [[v for v in series if v is not None] for series in noise]
     late = [late_b_simple(r.metrics) for r in cell.completed]
     tracked = [m for r in cell.completed for m in r.metrics if "noise_grad_sq" in m]
     return {
@@ -61,11 +62,17 @@ def measurements(out: Path, cell) -> dict:
         # epochs whose smoothed |G|² estimate is ≤ 0 (B_simple undefined), of all tracked
         "undefined": (sum(not (m["noise_grad_sq"] or 0) > 0 for m in tracked), len(tracked)),
         "landscapes": [x for x in landscapes if x],
-        "noise": [s for s in noise if s],
+        "noise": [s for s in noise if any(v is not None for v in s)],
     }
 
 
 LATE = 5  # epochs at the end of a run that the noise-scale estimate is taken over
+
+
+def epoch_mean(values) -> float:
+    """The mean of one epoch's defined values over seeds; NaN (a gap in the plot) if none."""
+    defined = [v for v in values if v is not None]
+    return statistics.fmean(defined) if defined else math.nan
 
 
 def late_b_simple(metrics: list[dict], epochs: int = LATE) -> float | None:
@@ -172,8 +179,8 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
                             label=f"B = {cell.batch_size}")
                 elif key == "noise" and found:
                     length = min(len(s) for s in found)
-                    ax.plot(range(1, length + 1),
-                            [statistics.fmean(s[i] for s in found) for i in range(length)],
+                    ax.plot(range(1, length + 1), [epoch_mean(s[i] for s in found)
+                                                   for i in range(length)],
                             label=f"B = {cell.batch_size}")
             if key == "landscapes":
 
@@ -190,7 +197,8 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
                 ax.set_xlabel("α (filter-normalized direction)")
             ax.set_title(recipe)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a recipe without measurements has none
+                ax.legend(fontsize=7)
         axes[0][0].set_ylabel("training loss" if key == "landscapes" else "B_simple")
         fig.tight_layout()
         files.save_figure(fig, out / name, 110)
@@ -198,7 +206,8 @@ def _plot(out: Path, grouped, tables: dict, drops: dict) -> list[tuple[str, str]
         figures.append((name, "Training loss along one filter-normalized random direction, "
                         "mean over seeds (Li et al. 2018; the study's Fig. 1b)"
                         if key == "landscapes" else "Gradient noise scale B_simple per epoch "
-                        "(McCandlish et al. 2018), mean over seeds; dashed: the batch size "
+                        "(McCandlish et al. 2018), mean over the seeds where it is defined, "
+                        "gaps where none is; dashed: the batch size "
                         "where mean test accuracy first falls more than "
                         f"{DROP:g} below the smallest batch's"))
     return figures
