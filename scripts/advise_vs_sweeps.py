@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from batchscale.config import from_dict
+from batchscale.config import HOW_FIELDS, from_dict
 from batchscale.engine.collapse import collapsed_at
 from batchscale.study.expand import equivalence_key
 
@@ -32,7 +32,11 @@ NOT_RECIPE = {"batch_size", "epochs", "seed", "threads", "device", "channels_las
 
 
 def recipe_key(config: dict) -> tuple:
-    return tuple(sorted((k, v) for k, v in config.items() if k not in NOT_RECIPE))
+    """The recipe's fields, defaults filled in (runs written before a field existed lack it),
+    without the fields that change only how a run is computed."""
+    values = from_dict(config).to_dict()
+    return tuple(sorted((k, v) for k, v in values.items()
+                        if k not in NOT_RECIPE and k not in HOW_FIELDS))
 
 
 def computation_key(config: dict, batch: int) -> tuple:
