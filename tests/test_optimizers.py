@@ -262,7 +262,7 @@ def test_mini_preset_lr_plan():
     from batchscale.study.expand import expand, load_preset
 
     runs = {(r.recipe, r.batch_size, r.seed): r.cfg for r in expand(load_preset("mini"))}
-    assert {seed for _, _, seed in runs} == {0, 1}
+    assert {seed for _, _, seed in runs} == {0, 1, 2}
     for (recipe, batch, _), cfg in runs.items():
         steps = 1600 // batch
         plan = plan_from_config(cfg, steps)
