@@ -188,19 +188,17 @@ def given_fields(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
 
 
-def config_flags(cfg: TrainConfig) -> list[str]:
-    """Every field as command-line options: how a config is handed to a child process."""
-    flags = []
-    for name, value in cfg.to_dict().items():
-        flags += ["--" + name.replace("_", "-"), str(value)]
-    return flags
+def config_flags(cfg: TrainConfig, names=None) -> list[str]:
+    """Every field (or those `names`) as command-line options: how a config is handed to a child
+    process."""
+    values = cfg.to_dict()
+    return [flag for name in (values if names is None else names)
+            for flag in ("--" + name.replace("_", "-"), str(values[name]))]
 
 
 def how_flags(cfg: TrainConfig) -> list[str]:
     """The how-fields as options: what a resumed run takes from the command that resumes it."""
-    values = cfg.to_dict()
-    return [flag for name in HOW_FIELDS
-            for flag in ("--" + name.replace("_", "-"), str(values[name]))]
+    return config_flags(cfg, HOW_FIELDS)
 
 
 # ---------------------------------------------------------------------- parsing values
