@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from batchscale import files
-from batchscale.analysis import advise, hessian, landscape
+from batchscale.analysis import advise, advise_report, hessian, landscape
 from batchscale.config import add_config_options, from_dict, given_fields, load_yaml
 from batchscale.errors import UserError
 
@@ -136,12 +136,13 @@ def advise_command(args) -> int:
         raise UserError(f"--budget-images must be positive, got {args.budget_images}")
     record = advise.advise(cfg, batches, Path(args.out), args.budget_images, args.overwrite,
                            args.quiet)
-    print(advise.table(record))
+    print(advise_report.table(record))
     best = record["advice"]
     print(f"advice: B = {best['batch']}, peak lr {best['peak_lr']:.4g}, warmup "
           f"{best['warmup_epochs']} epochs ({best['warmup_steps']} steps). {best['note']}".rstrip())
     for reason in best["rejected"]:
         print(f"  {reason['sentence']}")
     print(f"probe: {record['probe_images']} images ({record['probe_fraction']:.1%} of a full "
-          f"run), {record['probe_wall_s'] / 60:.1f} min; {Path(args.out) / advise.RESULT_MD}")
+          f"run), {record['probe_wall_s'] / 60:.1f} min; "
+          f"{Path(args.out) / advise_report.RESULT_MD}")
     return 0
