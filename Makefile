@@ -22,8 +22,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check batchscale tests scripts benchmarks
 
+# the suite in parallel pytest processes, one per core (at most 2): scripts/run_tests.py
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python scripts/run_tests.py
 
 clean:
 	rm -rf runs .pytest_cache
