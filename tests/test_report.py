@@ -122,7 +122,8 @@ def test_collapsed_runs_are_named_with_the_epoch_and_left_out(tmp_path):
     assert "- `linear+warmup/b32/seed1` (B = 32) collapsed at epoch 2" in text
     for seed in (0, 1):  # every run of a batch size collapsed: that batch does not train
         _with_metrics(out, f"trivial/b32/seed{seed}", [0.1, 0.1, 0.1], train=(0.1, 9.0))
-    assert "| trivial | 8: 0.6300, 32: does not train | 8 |" in write_report(out).read_text()
+    assert "| trivial | 8: 0.6300, 32: does not train | 8 | 1× | 8 ✓, 32 ✗ |" in write_report(
+        out).read_text()
 
 
 def test_figures_are_written_and_non_empty(report):
@@ -158,10 +159,28 @@ def test_scaling_limit_is_the_largest_batch_within_one_percent(report):
     _, text = report
     # reference: trivial at B = 8, (0.62 + 0.64) / 2 = 0.63; within 1% means >= 0.62
     assert "mean final test accuracy 0.6300" in text and "at least 0.6200" in text
-    assert "| trivial | 8: 0.6300, 32: 0.5500 | 8 | 1× | 128 | 4× |" in text
-    assert "| linear+warmup | 8: 0.6300, 32: 0.6200 | 32 | 4× | 1024 | 32× |" in text
-    assert ("| per-worker-bn | 8: 0.6300, 32: 0.6600 (1/2 seeds do not train) | 32 | 4× | 2048 "
-            "| 64× |") in text
+    # two seeds: t(0.975, 1) = 12.71 makes every interval wide, so no B is resolved; the
+    # per-worker-bn run at 32 with one trained seed claims nothing either
+    assert "| trivial | 8: 0.6300, 32: 0.5500 | 8 | 1× | 8 ✓, 32 ? | 128 | 4× |" in text
+    assert "| linear+warmup | 8: 0.6300, 32: 0.6200 | 32 | 4× | 8 ✓, 32 ? | 1024 | 32× |" in text
+    assert ("| per-worker-bn | 8: 0.6300, 32: 0.6600 (1/2 seeds do not train) | 32 | 4× | "
+            "8 ✓, 32 ? | 2048 | 64× |") in text
+
+
+def test_the_intervals_column_claims_only_what_the_seeds_separate():
+    from batchscale.results.limits import interval_claim
+
+    # reference 0.60/0.62/0.64: mean 0.62, half-width t(0.975, 2) 0.02 / √3 = 0.0497, so the
+    # 1% band is [0.5603, 0.6597]
+    reference = [0.60, 0.62, 0.64]
+    assert interval_claim([0.72, 0.73, 0.74], reference) == "✓"  # 0.73 − 0.0497 ≥ 0.6597
+    assert interval_claim([0.66, 0.67, 0.68], reference) == "?"  # above on the mean, overlapping
+    assert interval_claim([0.48, 0.49, 0.50], reference) == "✗"  # 0.49 + 0.0497 < 0.5603
+    assert interval_claim([0.60, 0.61, 0.62], reference) == "?"
+    assert interval_claim([0.90], reference) == "?"  # one seed: no claim
+    # no spread: the band is the point 0.59, and the boundary counts as within
+    assert interval_claim([0.59] * 3, [0.60] * 3) == "✓"
+    assert interval_claim([0.58] * 3, [0.60] * 3) == "✗"
 
 
 def test_study_limits_from_the_published_tables():

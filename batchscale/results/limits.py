@@ -7,12 +7,19 @@ baseline) at the smallest batch size; for the study it is its baseline, Table I 
 factor over the smallest batch, the number that compares across scales. A batch size whose runs
 all diverged or collapsed (batchscale/engine/collapse.py) "does not train": it has no accuracy
 and is never within 1%.
+
+"Largest B within 1%" compares means, as the study (one run per batch size) could only do. Beside
+it, what the seeds' 95% intervals support at each batch size, by the rule the report's ordering
+sentence uses (docs/statistics.md): within 1% (✓) when the cell's interval lies wholly at or above
+the reference's interval shifted down by 1%, more than 1% below (✗) when wholly below it, not
+resolved (?) otherwise or with fewer than two seeds in either. The reference's own runs are
+within by definition; a batch size that does not train is ✗.
 """
 
 from __future__ import annotations
 
 from batchscale.results import published
-from batchscale.results.collect import mean_std
+from batchscale.results.collect import mean_interval, mean_std
 
 TOLERANCE = 0.01
 
@@ -36,6 +43,18 @@ def largest_within(points: list[tuple[int, float | None]], reference: float) -> 
     return max(ok) if ok else None
 
 
+def interval_claim(values: list[float], reference: list[float]) -> str:
+    """✓ (within 1% of the reference), ✗ (more than 1% below) or ? (the intervals cannot say)."""
+    (mean, half), (ref_mean, ref_half) = mean_interval(values), mean_interval(reference)
+    if half is None or ref_half is None:
+        return "?"
+    if mean - half >= ref_mean + ref_half - TOLERANCE - 1e-12:
+        return "✓"
+    if mean + half < ref_mean - ref_half - TOLERANCE:
+        return "✗"
+    return "?"
+
+
 def study_limit(table: str) -> tuple[int | None, float]:
     """(largest batch within 1% of the study's baseline, the baseline) for a published table."""
     reference = study_reference()
@@ -45,6 +64,15 @@ def study_limit(table: str) -> tuple[int | None, float]:
 
 def study_reference() -> float:
     return published.lookup(*published.BASELINE).test_acc
+
+
+def claim(cell, reference_cell) -> str:
+    same_runs = [r.directory for r in cell.runs] == [r.directory for r in reference_cell.runs]
+    if same_runs:  # the reference itself, or another recipe's name for the same runs
+        return "✓"
+    if cell.runs and cell.failed_to_train == cell.runs:
+        return "✗"
+    return interval_claim(cell.values("test_acc"), reference_cell.values("test_acc"))
 
 
 def limit_lines(plan: dict, grouped: dict) -> list[str]:
@@ -62,18 +90,26 @@ def limit_lines(plan: dict, grouped: dict) -> list[str]:
              f"{reference:.4f}; a batch size is within 1% when its recipe's mean is at least "
              f"{reference - TOLERANCE:.4f}. The study's baseline is Table I at B = 32 "
              f"({study_reference():.4f}); its factor is over B = 32.", "",
+             "*Largest B within 1%* compares means, as the study (one run per batch size) did. "
+             "*Intervals* says what the seeds' 95% intervals support at each B: ✓ within 1% "
+             "(the cell's interval lies wholly at or above the small-batch interval shifted down "
+             "by 1%), ✗ more than 1% below (wholly below it), ? not resolved (overlapping, or "
+             "fewer than 2 seeds); a B that does not train is ✗.", "",
              "| recipe | accuracy per B (mean over seeds) | largest B within 1% | factor | "
-             "study: largest B within 1% | study factor |", "|---|---|---:|---:|---:|---:|"]
+             "intervals | study: largest B within 1% | study factor |",
+             "|---|---|---:|---:|---|---:|---:|"]
     for recipe, cells in grouped.items():
         points = [(c.batch_size, _mean_test(c)) for c in cells]
         shown = ", ".join(f"{c.batch_size}: {_shown(c, a)}"
                           for c, (_, a) in zip(cells, points, strict=True))
         ours = largest_within(points, reference)
+        claims = ", ".join(f"{c.batch_size} {claim(c, base_cells[0])}" for c in cells)
         table = plan.get("recipes", {}).get(recipe, {}).get("published")
         study_b = study_limit(table)[0] if table in ("I", "II", "III") else None
         lines.append(
             f"| {recipe} | {shown} | {ours if ours else 'none'} | "
-            f"{f'{ours // smallest}×' if ours else '—'} | {study_b if study_b else '—'} | "
+            f"{f'{ours // smallest}×' if ours else '—'} | {claims} | "
+            f"{study_b if study_b else '—'} | "
             f"{f'{study_b // 32}×' if study_b else '—'} |")
     return lines + ["", "The study publishes no LARS or LAMB runs; its Table III recipe "
                     "diverges at B = 4096.", ""]
