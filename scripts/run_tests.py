@@ -83,8 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             processes.append((subprocess.Popen(command, cwd=ROOT, stdout=log,
                                                stderr=subprocess.STDOUT), log))
         codes = []
+        try:
+            for k, (process, _) in enumerate(processes):
+                process.wait()
+                if k == 0 and len(processes) > 1:
+                    print(f"shard 1 done; waiting for shards 2-{len(processes)}", flush=True)
+        except KeyboardInterrupt:  # pytest's own Ctrl-C handling in each shard, then stop
+            for process, _ in processes:
+                process.terminate()
+                process.wait()
+            return 130
         for k, (process, log) in enumerate(processes):
-            codes.append(process.wait())
+            codes.append(process.returncode)
             if log is not None:
                 log.close()
                 print(f"\n---- shard {k + 1}/{len(shards)} ----", flush=True)
