@@ -326,6 +326,29 @@ def check_batches(text: str, cfg: TrainConfig) -> list[int]:
     return batches
 
 
+def probe_row(at_b: Setup, warm: dict, plan: Plan, ledger: Ledger, classes: int,
+              bound_lr: float | None, lambda_max: float | None) -> dict:
+    """One batch's row: its throughput and memory, its range test if the plan has one for it and
+    it fits, and the verdict."""
+    batch = at_b.cfg.batch_size
+    load_state(at_b, warm)
+    timing = time_steps(at_b, batches_of(at_b, 3), ledger)
+    test = None
+    if batch in plan.tested and timing["fits"]:
+        test = probe_batch(at_b, warm, plan.ramp_steps, ledger, classes)
+    test_record = None if test is None else {
+        "diverged": test.diverged, "stable_lr": test.stable_lr,
+        "diverge_lr": test.diverge_lr, "steps": len(test.losses), "ratio": test.ratio,
+        "low": test.lrs[0], "lrs": test.lrs, "losses": test.losses}
+    peak = at_b.cfg.peak_lr
+    state, margin, reason = verdict(peak, test_record, bound_lr)
+    return {"batch": batch, **timing, "peak_lr": peak, "warmup_steps": at_b.plan.warmup_steps,
+            "recipe_steps": at_b.plan.total_steps, "range_test": test_record,
+            "curvature_product": None if bound_lr is None else peak * lambda_max,
+            "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
+            "reason": reason}
+
+
 def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int = 0,
            overwrite: bool = False, quiet: bool = False) -> dict:
     """Run the probe for `cfg`'s recipe at `batches`; write advice.json/.md/.png into `out`."""
@@ -358,29 +381,11 @@ def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int =
     beta = momentum_of(cfg)
     bound_lr = (2 * (1 + beta) / curvature["lambda_max"]
                 if beta is not None and (curvature["lambda_max"] or 0) > 0 else None)
-    rows, tests = [], {}
+    rows = []
     for batch in batches:
-        at_b = setup_at(setup, batch)
-        load_state(at_b, warm)
-        timing = time_steps(at_b, batches_of(at_b, 3), ledger)
-        test = None
-        if batch in plan.tested and timing["fits"]:
-            test = probe_batch(at_b, warm, plan.ramp_steps, ledger, classes)
-            tests[batch] = test
-        test_record = None if test is None else {
-            "diverged": test.diverged, "stable_lr": test.stable_lr,
-            "diverge_lr": test.diverge_lr, "steps": len(test.losses), "ratio": test.ratio,
-            "low": test.lrs[0], "lrs": test.lrs, "losses": test.losses}
-        peak = at_b.cfg.peak_lr
-        state, margin, reason = verdict(peak, test_record, bound_lr)
-        rows.append({"batch": batch, **timing, "peak_lr": peak,
-                     "warmup_steps": at_b.plan.warmup_steps,
-                     "recipe_steps": at_b.plan.total_steps, "range_test": test_record,
-                     "curvature_product": None if bound_lr is None else
-                     peak * curvature["lambda_max"],
-                     "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
-                     "reason": reason})
-        say(f"  B = {batch}: {state} ({reason})")
+        rows.append(probe_row(setup_at(setup, batch), warm, plan, ledger, classes, bound_lr,
+                              curvature["lambda_max"]))
+        say(f"  B = {batch}: {rows[-1]['verdict']} ({rows[-1]['reason']})")
     base_steps = train_images // cfg.base_batch_size * cfg.epochs
     predictions(rows, cfg.base_batch_size, base_steps, noise)
     record = {
