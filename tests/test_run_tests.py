@@ -42,4 +42,4 @@ def test_every_shard_runs_and_a_failing_one_fails_the_run(tmp_path):
     assert result.returncode == 0, result.stdout
     recorded = json.loads((tmp_path / "durations.json").read_text())
     assert sorted(recorded) == ["test_fail.py", "test_pass.py"]
-    assert all(0 <= s < 60 for s in recorded.values())
+    assert all(isinstance(s, float) and s >= 0 for s in recorded.values())
