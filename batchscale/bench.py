@@ -35,6 +35,7 @@ from batchscale.config import (
     FIELDS,
     TrainConfig,
     add_config_options,
+    check_threads,
     dump_yaml,
     from_dict,
     given_fields,
@@ -268,9 +269,17 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.rounds < 2:
         raise UserError("--rounds must be at least 2 (the first is warm-up)")
+    if not 0 <= args.ref_workers <= 4 * (os.cpu_count() or 1):
+        raise UserError(f"--ref-workers must be 0 (in the training process) to 4 x the cores of "
+                        f"this machine, got {args.ref_workers}")
+    for name in ("ghost_batch_size", "ghost_group"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
+                            f"{getattr(args, name)}")
     check_json_path(args.json)
     base = load_yaml(Path(args.config)).to_dict() if args.config else BENCH_DEFAULTS
     cfg = from_dict({**base, **given_fields(args)})
+    check_threads(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     results = {}

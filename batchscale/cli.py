@@ -8,7 +8,9 @@ on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,9 +34,9 @@ from batchscale.config import (
 from batchscale.engine import rundir
 from batchscale.engine.distributed import LAUNCHER_ENV
 from batchscale.engine.train import train
-from batchscale.errors import UserError
+from batchscale.errors import UserError, describe_os_error, one_line
 from batchscale.results.report import add_report_parser, report_command
-from batchscale.study.expand import add_study_parser
+from batchscale.study.expand import add_study_parser, preset_path
 from batchscale.study.sweep import study_command
 
 EXAMPLES = """examples:
@@ -46,7 +48,10 @@ EXAMPLES = """examples:
   batchscale analyze hessian runs/a                        # sharpness of a trained run
   batchscale bench --width 16 --batch-size 128             # engine vs a plain PyTorch loop
 
-`batchscale COMMAND --help` lists each command's options."""
+`batchscale COMMAND --help` lists each command's options; `--debug` (or BATCHSCALE_DEBUG=1)
+shows the traceback of an error instead of its one line."""
+
+DEBUG_ENV = "BATCHSCALE_DEBUG"
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,6 +64,9 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     parser = Parser(prog="batchscale", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also: {DEBUG_ENV}=1); accepted "
+                             "anywhere on the command line")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = commands.add_parser("train", help="train one run into a run directory")
     train.add_argument("--out", required=True, help="run directory to create (or resume)")
@@ -111,8 +119,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = train_config(args)
-    summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                    quiet=args.quiet, extend_epochs=args.extend_epochs)
+    try:
+        summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+                        quiet=args.quiet, extend_epochs=args.extend_epochs)
+    except OSError as err:  # a full disk: the last checkpoint is whole, the run resumes exactly
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not (
+                Path(args.out) / "checkpoint.pt").exists():
+            raise
+        raise UserError(f"{describe_os_error(err)}; free space, then continue the run with: "
+                        f"batchscale train --out {args.out} --resume") from None
     # under `--workers` the launcher speaks for the workers; under torchrun, rank 0 does
     speaks = "rank" not in summary and not os.environ.get(LAUNCHER_ENV)
     if summary["status"] == "interrupted":
@@ -128,6 +143,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_study(args: argparse.Namespace) -> int:
+    """`batchscale study`: a preset is a name (presets/NAME.yaml) or an explicit path to a YAML
+    file; the default --out of either is runs/NAME."""
+    if args.preset and not args.list:
+        path = preset_path(args.preset)
+        if args.out is None:
+            args.out = str(Path("runs") / path.stem)
+    return study_command(args)
+
+
 def run_report(args: argparse.Namespace) -> int:
     """`batchscale report`, its options checked first."""
     if args.target is not None and not 0 < args.target <= 1:
@@ -135,14 +160,54 @@ def run_report(args: argparse.Namespace) -> int:
     return report_command(args)
 
 
+COMMANDS = {"train": run_train, "study": run_study, "report": run_report,
+            "analyze": analyze_command, "bench": bench_command, "advise": advise_command}
+
+
+def dispatch(argv: list[str]) -> int:
+    """Parse the command line and run its command."""
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def error_line(err: BaseException) -> str | None:
+    """The one line an error ends in, or None for an error that is a bug (its traceback shows).
+
+    A UserError is the user's to fix; an OSError names its file (a full disk, a folder that
+    cannot be written); a worker of `--workers` that loses a peer says so, and the launcher
+    names the worker that failed."""
+    if isinstance(err, UserError):
+        return one_line(err)
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if os.environ.get(LAUNCHER_ENV) and is_lost_peer(err):
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", one_line(err)).split(". ")[0][:160]
+        return f"rank {os.environ.get('RANK', '?')}: a peer worker stopped ({reason})"
+    return None
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another worker is gone."""
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if k is not None)
+    text = str(err).lower()
+    return isinstance(err, kinds) or (isinstance(err, RuntimeError) and any(
+        word in text for word in ("connection closed", "connection reset", "gloo", "nccl",
+                                  "broken pipe", "peer")))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; every error a user can cause ends in one line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        args = build_parser().parse_args(argv)
-        commands = {"train": run_train, "study": study_command, "report": run_report,
-                    "analyze": analyze_command, "bench": bench_command, "advise": advise_command}
-        return commands[args.command](args)
-    except UserError as err:
-        print(f"batchscale: error: {err}", file=sys.stderr)
+        return dispatch([a for a in argv if a != "--debug"])
+    except Exception as err:  # noqa: BLE001 (the face-level net: see error_line)
+        line = error_line(err)
+        if debug or line is None:
+            raise
+        print(f"batchscale: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from batchscale import files
-from batchscale.errors import UserError
+from batchscale.errors import UserError, reading
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, affects_result: bool = True):
@@ -208,6 +208,10 @@ def parse_value(name: str, text: Any) -> Any:
         raise UserError(f"unknown config field '{name}'")
     default = FIELDS[name].default
     kind = type(default)
+    if isinstance(text, bool) and kind is not bool:  # YAML's true/false is not a number
+        raise UserError(f"{name} must be {kind.__name__}, got {text!r}")
+    if kind is str and not isinstance(text, (str, int, float)):
+        raise UserError(f"{name} must be str, got {text!r}"[:200])
     try:
         if kind is bool:
             if isinstance(text, bool):
@@ -230,17 +234,15 @@ def from_dict(values: dict) -> TrainConfig:
     """A validated config from a mapping of field names (dashes allowed) to values."""
     cfg = TrainConfig()
     for key, value in values.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         setattr(cfg, name, parse_value(name, value))
     validate(cfg)
     return cfg
 
 
 def load_yaml(path: Path) -> TrainConfig:
-    try:
+    with reading(path, "config"):
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read config {path}: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise UserError(f"config {path} is not a mapping of fields")
     return from_dict(data)
@@ -315,6 +317,24 @@ def validate(cfg: TrainConfig) -> None:
                         "which sync_bn makes gradients of different functions; drop one of them")
     check_local_sgd(cfg)
     check_batch_growth(cfg)
+    check_derived(cfg)
+
+
+# The widest model a config may ask for: 16x the standard ResNet-18 (about 2.9 G parameters).
+MAX_WIDTH = 1024
+
+
+def check_derived(cfg: TrainConfig) -> None:
+    """Values computed from the fields must be usable too: a peak lr that overflows to inf is a
+    config error, not a recipe that diverged."""
+    if cfg.width > MAX_WIDTH:
+        raise UserError(f"width {cfg.width} exceeds {MAX_WIDTH} (16x the standard ResNet-18: "
+                        f"{MAX_WIDTH} already has about 2.9 G parameters)")
+    peak = cfg.peak_lr
+    if not math.isfinite(peak) or not math.isfinite(peak * cfg.batch_size):
+        raise UserError(f"the peak lr lr x {cfg.scale_rule}(batch_size / base_batch_size) = "
+                        f"{cfg.lr:g} x {cfg.scale_rule}({cfg.batch_size} / "
+                        f"{cfg.base_batch_size}) is {peak:g}, not a usable number")
 
 
 def first_decay_epoch(cfg: TrainConfig) -> int:

@@ -84,7 +84,7 @@ def _with_metrics(out: Path, run: str, test_accs: list[float], train=(0.9, 0.5))
             for e, acc in enumerate(test_accs, start=1)]
     (out / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = json.loads((out / run / "summary.json").read_text())
-    summary.update(status="completed", diverged_at_step=None)
+    summary.update(status="completed", diverged_at_step=None, epochs_completed=len(rows))
     (out / run / "summary.json").write_text(json.dumps(summary))
 
 

@@ -18,7 +18,13 @@ import torch
 
 from batchscale import files
 from batchscale.analysis import advise, advise_report, hessian, landscape
-from batchscale.config import add_config_options, from_dict, given_fields, load_yaml
+from batchscale.config import (
+    THREADS_PER_CORE,
+    add_config_options,
+    from_dict,
+    given_fields,
+    load_yaml,
+)
 from batchscale.errors import UserError
 
 
@@ -67,6 +73,12 @@ def common_parent(paths: list[Path]) -> Path:
 def analyze_command(args) -> int:
     for run in args.runs:
         landscape.check_run_dir(Path(run))
+        if not os.access(run, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write the analysis into {run}: the folder is not writable")
+    cores = os.cpu_count() or 1
+    if not 0 <= args.threads <= THREADS_PER_CORE * cores:
+        raise UserError(f"--threads must be 0 (torch's default) or 1 to {THREADS_PER_CORE} x "
+                        f"the {cores} cores of this machine, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.analysis == "hessian":
@@ -85,8 +97,7 @@ def analyze_command(args) -> int:
     runs = [Path(r) for r in args.runs]
     if args.interpolate and len(runs) != 2:
         raise UserError("--interpolate needs exactly two run directories")
-    out = Path(args.out) if args.out else common_parent(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    out = files.check_output_folder(args.out if args.out else common_parent(runs), "--out")
     cache: dict = {}
     loaded = lambda path: landscape.load_run(path, args.device, cache)  # noqa: E731
     if args.interpolate:

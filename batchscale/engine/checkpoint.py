@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,23 +35,39 @@ CONVERT_HINT = ("if it is an older batchscale checkpoint that you trust, convert
                 "`python -m batchscale.engine.checkpoint --convert-trusted {path}`")
 
 
+# What torch says about a file it cannot load weights-only includes advice to load it with
+# weights_only=False, which would run code from an untrusted file: never passed on.
+UNSAFE_ADVICE = ("weights_only", "weights only", "trust", "arbitrary code", "unsafe")
+
+
+def torch_reason(err: BaseException) -> str:
+    """torch's message, one line, less every sentence that advises an unsafe load."""
+    sentences = " ".join(str(err).split()).split(". ")
+    kept = [s.strip().rstrip(".") for s in sentences
+            if s.strip() and not any(word in s.lower() for word in UNSAFE_ADVICE)]
+    return "; ".join(kept)[:200] or type(err).__name__
+
+
 def load(path: Path) -> dict:
     """Read a checkpoint with `weights_only=True`: tensors, numbers, strings, lists, tuples and
     dicts only. Anything else (a class, a function, a numpy object) is refused unexecuted."""
+    damaged = f"checkpoint {path} cannot be read (damaged, or not a batchscale checkpoint)"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a second line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}") from None
     except pickle.UnpicklingError as err:
         if "global" not in str(err).lower():  # no class or function named: a damaged file
-            raise UserError(f"checkpoint {path} cannot be read: {err}".splitlines()[0]) from None
+            raise UserError(f"{damaged}: {torch_reason(err)}") from None
         if "numpy" in str(err):  # what checkpoints before the weights-only format held
             raise UserError(f"checkpoint {path} holds numpy objects, refused unopened; "
                             + CONVERT_HINT.format(path=path)) from None
         raise UserError(f"checkpoint {path} holds objects other than tensors, numbers, strings, "
                         f"lists and dicts; refused unopened (loading it could run code)") from None
-    except Exception as err:  # a truncated or foreign file
-        raise UserError(f"checkpoint {path} cannot be read: {err}".splitlines()[0]) from None
+    except Exception as err:  # noqa: BLE001 (a truncated or foreign file)
+        raise UserError(f"{damaged}: {torch_reason(err)}") from None
 
 
 def convert_trusted(path: Path) -> None:

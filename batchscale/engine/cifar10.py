@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
 import pickle
+import pickletools
 import tarfile
 import urllib.error
 import urllib.request
@@ -37,6 +39,12 @@ BAR_STYLE = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "leave": Fal
 TRAIN_MEMBERS = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_MEMBER = "test_batch"
 META_MEMBER = "batches.meta"
+# Bounds on what a (possibly crafted) archive may make us hold. An official batch is ~31 MB
+# (31,035,704 bytes) and ~35,000 pickle opcodes; the whole tar stream ~186 MB in 8 members.
+MAX_BATCH_BYTES = 40 << 20  # one member (the tar header's size is the size that is read)
+MAX_ARCHIVE_BYTES = 256 << 20  # the whole decompressed tar stream, counted while streaming
+MAX_ARCHIVE_MEMBERS = 1000
+MAX_PICKLE_OPS = 1_000_000  # each opcode makes at most one object: objects are bounded too
 
 
 # --------------------------------------------------------------------------- locations
@@ -196,28 +204,71 @@ class RefusedGlobal(Exception):
     """A pickle asked for something a CIFAR-10 batch never holds."""
 
 
+def _plain_dtype(*args):
+    """numpy.dtype, refusing dtypes of Python objects (their arrays are allocated from the
+    pickle's declared shape before any data is checked)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise RefusedGlobal("numpy.dtype of Python objects")
+    return dtype
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """An unpickler that resolves only ALLOWED_GLOBALS: a crafted member runs no code."""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED_GLOBALS:
             raise RefusedGlobal(f"{module}.{name}")
+        if (module, name) == ("numpy", "dtype"):
+            return _plain_dtype
         return super().find_class(module, name)
 
 
-def _unpickle(f, name: str, source: Path) -> dict:
-    """Unpickle one CIFAR member (Python 2 pickle, so ``encoding="bytes"``), allowing only what
-    the official batches hold."""
+def check_pickle(data: bytes, name: str, source: Path) -> None:
+    """Walk the pickle's opcodes without building anything: every length it declares must be
+    there (so nothing is allocated past the member's own bytes, which are bounded), and it may
+    hold at most MAX_PICKLE_OPS opcodes (so at most as many objects)."""
+    stream = io.BytesIO(data)
     try:
-        obj = _CifarUnpickler(f, encoding="bytes").load()
+        for count, (op, arg, _) in enumerate(pickletools.genops(stream), 1):
+            if count > MAX_PICKLE_OPS:
+                raise UserError(f"{source}: member {name} holds more than {MAX_PICKLE_OPS} "
+                                "pickle opcodes (an official batch: ~35,000); refused")
+            if op.name == "FRAME" and arg > len(data) - stream.tell():
+                raise ValueError(f"a frame of {arg} bytes, but only "
+                                 f"{len(data) - stream.tell()} remain")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a declared length past the end, a bad opcode, ...)
+        raise UserError(f"{source}: member {name} is corrupt ({_one_line(e)[:200]})") from None
+
+
+def _unpickle(data: bytes, name: str, source: Path) -> dict:
+    """Unpickle one CIFAR member (Python 2 pickle, so ``encoding="bytes"``), allowing only what
+    the official batches hold, after check_pickle has bounded what it can allocate."""
+    check_pickle(data, name, source)
+    try:
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except RefusedGlobal as e:
         raise UserError(f"{source}: member {name} holds {e}, which no CIFAR-10 batch holds; "
                         "refused unopened (loading it could run code)") from None
     except Exception as e:  # noqa: BLE001 (a corrupt pickle or gzip stream can raise anything)
-        raise UserError(f"{source}: member {name} is corrupt ({_one_line(e)})") from None
+        raise UserError(f"{source}: member {name} is corrupt ({_one_line(e)[:200]})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{source}: member {name} is not a CIFAR-10 dictionary")
     return obj
+
+
+def _too_large(source: Path, what: str, size: int, bound: int) -> UserError:
+    return UserError(f"{source}: {what} is {size} bytes, past the bound of {bound} (an official "
+                     "CIFAR-10 batch is ~31 MB); refused")
+
+
+def _read_bounded(f, name: str, size: int, source: Path) -> bytes:
+    """A member's bytes, refused unread when its size is past MAX_BATCH_BYTES."""
+    if size > MAX_BATCH_BYTES:
+        raise _too_large(source, f"member {name}", size, MAX_BATCH_BYTES)
+    return f.read(MAX_BATCH_BYTES + 1)
 
 
 def _read_members(path: Path) -> dict[str, dict]:
@@ -228,18 +279,24 @@ def _read_members(path: Path) -> dict[str, dict]:
         for name in wanted:
             if (path / name).is_file():
                 with open(path / name, "rb") as f:
-                    found[name] = _unpickle(f, name, path)
+                    data = _read_bounded(f, name, (path / name).stat().st_size, path)
+                found[name] = _unpickle(data, name, path)
     elif path.is_file():
         try:
             with tarfile.open(path, "r:*") as tar:
-                for member in tar:  # one sequential pass: no seeking back in the gzip stream
+                stream = tar.fileobj
+                # one sequential pass: no seeking back in the gzip stream
+                for count, member in enumerate(tar, 1):
+                    _check_stream(path, stream, count)
                     name = PurePosixPath(member.name).name
                     if member.isfile() and name in wanted and name not in found:
-                        found[name] = _unpickle(tar.extractfile(member), name, path)
+                        data = _read_bounded(tar.extractfile(member), name, member.size, path)
+                        found[name] = _unpickle(data, name, path)
+                    tar.members = []  # keep no headers: a million tiny members cost nothing
                 # read on to the end: gzip checks its CRC there, which catches a flipped byte
                 # that still decompresses (and unpickles) into wrong pixels
-                while tar.fileobj.read(1 << 20):
-                    pass
+                while stream.read(1 << 20):
+                    _check_stream(path, stream, 0)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             msg = f"{path} is not a readable archive ({_one_line(e)}); delete it and run again"
             raise UserError(msg) from None
@@ -249,6 +306,16 @@ def _read_members(path: Path) -> dict[str, dict]:
     if missing:
         raise UserError(f"{path} lacks CIFAR-10 member(s) {', '.join(missing)}")
     return found
+
+
+def _check_stream(path: Path, stream, members: int) -> None:
+    """Stop reading a tar stream past MAX_ARCHIVE_BYTES decompressed or MAX_ARCHIVE_MEMBERS."""
+    if members > MAX_ARCHIVE_MEMBERS:
+        raise UserError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} members (the official "
+                        "archive has 8); refused")
+    position = stream.tell()
+    if position > MAX_ARCHIVE_BYTES:
+        raise _too_large(path, "the decompressed archive", position, MAX_ARCHIVE_BYTES)
 
 
 def _batch_arrays(batch: dict, name: str, source: Path, n_classes: int):

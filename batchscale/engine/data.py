@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from batchscale.engine import cifar10
-from batchscale.errors import UserError
+from batchscale.errors import UserError, one_line
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.zip"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -33,11 +33,15 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGE_SIZE = (32, 32, 3)  # height, width, channels of every image the models take
-# A zip is refused before anything is decoded if a member would decompress to more than
-# MAX_MEMBER_BYTES or all of them to more than MAX_ZIP_BYTES (a CIFAR-10 JPEG is ~1-2 KB; the
-# whole set ~150 MB as raw pixels). zipfile stops a member at its declared size, so the bound holds.
+# A zip is refused before anything is decoded if a member declares more than MAX_MEMBER_BYTES
+# or all of them more than MAX_ZIP_BYTES (a CIFAR-10 JPEG is ~1-2 KB; the whole set ~150 MB as raw
+# pixels). A header can lie: members are read in chunks of READ_CHUNK and reading stops at the
+# bound whatever the header says (zipfile's own read() inflates a whole member at once, then
+# checks). Only stored and deflated members are read: bzip2 and LZMA inflate a chunk unbounded.
 MAX_MEMBER_BYTES = 1 << 20
 MAX_ZIP_BYTES = 4 << 30
+READ_CHUNK = 64 << 10
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
 @dataclass
@@ -54,10 +58,18 @@ class Split:
 
 # ---------------------------------------------------------------------- image folders
 def _decode(data: bytes, name: str) -> np.ndarray:
+    """A 32x32 image's RGB pixels; its size is checked from the header, before decoding."""
     try:
-        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"image {name} cannot be decoded: {err}".splitlines()[0]) from None
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if (height, width) != IMAGE_SIZE[:2]:
+            raise UserError(f"image {name} is {width}x{height}; every image must be "
+                            f"{IMAGE_SIZE[1]}x{IMAGE_SIZE[0]} RGB")
+        pixels = np.asarray(image.convert("RGB"))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a damaged image can raise anything in a decoder)
+        raise UserError(f"image {name} cannot be decoded: {one_line(err)}") from None
     if pixels.shape != IMAGE_SIZE:
         raise UserError(f"image {name} is {pixels.shape[1]}x{pixels.shape[0]}; every image "
                         f"must be {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]} RGB")
@@ -73,6 +85,10 @@ def check_zip_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
         if member.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
             raise UserError(f"{path}: member name {member.filename!r} leaves the archive's root; "
                             "refused")
+        if member.compress_type not in ZIP_METHODS and not member.is_dir():
+            raise UserError(f"{path}: member {member.filename} is compressed with method "
+                            f"{member.compress_type}; only stored and deflated members are "
+                            "read")
         if member.file_size > MAX_MEMBER_BYTES:
             raise UserError(f"{path}: member {member.filename} would decompress to "
                             f"{member.file_size} bytes (bound {MAX_MEMBER_BYTES}); refused")
@@ -80,6 +96,29 @@ def check_zip_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
     if total > MAX_ZIP_BYTES:
         raise UserError(f"{path}: members would decompress to {total} bytes (bound "
                         f"{MAX_ZIP_BYTES}); refused")
+
+
+def read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A member's bytes, inflated READ_CHUNK at a time: at most MAX_MEMBER_BYTES are held
+    whatever its header declares (a longer member is refused there, a shorter or lying one
+    fails its CRC-32 check)."""
+    parts, total = [], 0
+    with archive.open(name) as member:
+        while chunk := member.read(READ_CHUNK):
+            total += len(chunk)
+            if total > MAX_MEMBER_BYTES:
+                raise UserError(f"{path}: member {name} decompresses past {MAX_MEMBER_BYTES} "
+                                "bytes; refused")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_image_file(file: Path) -> bytes:
+    """An image file of a folder, refused unread past MAX_MEMBER_BYTES."""
+    size = file.stat().st_size
+    if size > MAX_MEMBER_BYTES:
+        raise UserError(f"{file} is {size} bytes (bound {MAX_MEMBER_BYTES}); not a 32x32 image")
+    return file.read_bytes()
 
 
 def _folder_entries(names: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -108,13 +147,15 @@ def read_image_folder(path: Path) -> tuple[Split, Split, list[str]]:
         if path.is_dir():
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
             entries = _folder_entries(names)
-            return _splits_from(entries, lambda n: (path / n).read_bytes())
+            return _splits_from(entries, lambda n: read_image_file(path / n))
         with zipfile.ZipFile(path) as archive:
             check_zip_members(path, archive.infolist())
             entries = _folder_entries(archive.namelist())
-            return _splits_from(entries, archive.read)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"cannot read image folder {path}: {err}") from None
+            return _splits_from(entries, lambda name: read_member(archive, name, path))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a damaged zip: BadZipFile, OSError, zlib, EOF, ...)
+        raise UserError(f"cannot read image folder {path}: {one_line(err)}") from None
 
 
 def _splits_from(entries, read) -> tuple[Split, Split, list[str]]:

@@ -3,6 +3,7 @@ from a config into one `Setup` that the step, the loop and the analyses share.""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -85,9 +86,18 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
     train = balanced_subset(train, cfg.train_subset, cfg.seed)
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
+    if not math.isfinite(cfg.peak_lr * len(train)):  # the noise scale G of the summary
+        raise UserError(f"the peak lr {cfg.peak_lr:g} x the {len(train)} training images "
+                        "overflows; lr is not a usable number")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
-                        cfg.group_size if cfg.bn_impl == "ghost" else 0)
+    try:
+        model = build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
+                            cfg.group_size if cfg.bn_impl == "ghost" else 0)
+    except (RuntimeError, MemoryError) as err:  # the allocator: a width this machine cannot hold
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+            raise
+        raise UserError(f"a width-{cfg.width} {cfg.model} does not fit in this machine's "
+                        f"memory ({type(err).__name__})") from None
     channels_last = use_channels_last(cfg, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from batchscale.config import TrainConfig, dump_yaml
+from batchscale.config import HOW_FIELDS, TrainConfig, dump_yaml
 from batchscale.engine import (
     checkpoint,
     collapse,
@@ -165,6 +165,7 @@ def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
     if missing or not isinstance(state["position"], dict) or "epoch" not in state["position"]:
         raise UserError(f"{path} is not a batchscale training checkpoint (it has no "
                         f"{(missing or ['position.epoch'])[0]})")
+    check_same_config(run_dir, state.get("config"), setup.cfg)
     if state.get("world_size", 1) != setup.world_size:
         raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} workers; resume "
                         f"it with as many (not {setup.world_size}): batch norm depends on it")
@@ -175,6 +176,27 @@ def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
                         f"truthfully; start it again with --overwrite")
     rundir.truncate_metrics(run_dir, epoch)
     return state
+
+
+def check_same_config(run_dir: Path, saved: dict | None, cfg: TrainConfig) -> None:
+    """Refuse to resume when config.yaml no longer says what the checkpoint was trained with
+    (a hand edit): the run would go on as another recipe and be recorded as one. Fields that
+    change only how it is computed may differ, and epochs may grow on a schedule that
+    --extend-epochs can lengthen."""
+    if not isinstance(saved, dict):
+        return  # a checkpoint from before configs were saved in it
+    current = cfg.to_dict()
+    differing = [name for name, value in saved.items() if name in current
+                 and name not in HOW_FIELDS and current[name] != value]
+    if "epochs" in differing and isinstance(saved["epochs"], int) and (
+            saved["epochs"] < cfg.epochs
+            and cfg.schedule not in rundir.LENGTH_SHAPED_SCHEDULES):
+        differing.remove("epochs")  # an extension (rundir.extend_epochs checked it)
+    if differing:
+        shown = ", ".join(f"{name} ({current[name]!r} in {rundir.CONFIG}, {saved[name]!r} in "
+                          f"the checkpoint)" for name in differing[:5])
+        raise UserError(f"{run_dir / rundir.CONFIG} differs from the config the run was trained "
+                        f"with: {shown}; restore it, or train a new run into another directory")
 
 
 def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
@@ -327,7 +349,10 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
         if main:
             summary = summarize(setup, "failed", position, rundir.read_metrics(run_dir),
                                 error=f"{type(err).__name__}: {err}")
-            rundir.write_json(run_dir / rundir.SUMMARY, summary)
+            try:
+                rundir.write_json(run_dir / rundir.SUMMARY, summary)
+            except OSError:  # the disk that failed the run fails this too: report the first
+                pass
         raise
     finally:
         setup.board.close()

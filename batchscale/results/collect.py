@@ -13,7 +13,7 @@ import yaml
 
 from batchscale.config import from_dict
 from batchscale.engine import collapse, rundir
-from batchscale.errors import UserError
+from batchscale.errors import UserError, reading
 from batchscale.results import published
 
 
@@ -84,12 +84,51 @@ class Cell:
 # ---------------------------------------------------------------------- reading
 def _load_run(out: Path, recipe: str, directory: str, seed: int | None = None) -> RunResult:
     path = out / directory
-    config = yaml.safe_load((path / rundir.CONFIG).read_text()) or {}
+    config_path = path / rundir.CONFIG
+    with reading(config_path, "the run config"):
+        values = yaml.safe_load(config_path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{config_path} is not a mapping of config fields")
+        try:
+            config = from_dict(values).to_dict()
+        except UserError as err:
+            raise UserError(f"{config_path}: {err}") from None
     summary_path = path / rundir.SUMMARY
     summary = rundir.read_json(summary_path) if summary_path.exists() else {}
+    metrics = rundir.read_metrics(path)
+    check_metrics(path, metrics, summary)
     return RunResult(recipe, int(config["batch_size"]),
                      int(config["seed"]) if seed is None else seed, directory, config,
-                     summary, rundir.read_metrics(path))
+                     summary, metrics)
+
+
+# The numbers of a metrics row that the report reads: each must be a finite number.
+ROW_NUMBERS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_metrics(run_dir: Path, rows: list[dict], summary: dict) -> None:
+    """Every row holds the numbers the report reads, its epochs are 1, 2, ...; and a finished
+    run's rows are as many as its summary.json's epochs_completed (a cut metrics.jsonl would
+    otherwise show an earlier epoch as the final one)."""
+    path = run_dir / rundir.METRICS
+    for index, row in enumerate(rows, 1):
+        bad = next((k for k in ROW_NUMBERS if not _number(row.get(k))), None)
+        if bad is not None:
+            raise UserError(f"{path}: row {index} has {bad} = {row.get(bad)!r}, not a finite "
+                            f"number"[:300])
+        if row["epoch"] != index:
+            raise UserError(f"{path}: row {index} is epoch {row['epoch']}, expected {index}")
+    completed = summary.get("epochs_completed")
+    if summary.get("status") in rundir.FINAL_STATUSES and completed is not None and (
+            not isinstance(completed, int) or completed != len(rows)):
+        raise UserError(f"run {run_dir}: {rundir.METRICS} holds {len(rows)} epoch rows but "
+                        f"{rundir.SUMMARY} says {completed!r} epochs completed (a file was cut "
+                        f"or edited); train the run again with --overwrite, or remove it")
 
 
 def collect(out: Path) -> tuple[dict, list[RunResult]]:
@@ -111,10 +150,11 @@ def collect(out: Path) -> tuple[dict, list[RunResult]]:
         raise UserError(f"cannot read {plan_path}: {err}".splitlines()[0]) from None
     if not isinstance(plan, dict):
         raise UserError(f"cannot read {plan_path}: not a mapping")
+    check_plan(plan_path, plan)
     if plan_path.exists():
         planned = [(r["recipe"], r["directory"], r["seed"],
                     f"{r['recipe']}/b{r['batch_size']}/seed{r['seed']}")
-                   for r in plan.get("runs", [])]
+                   for r in planned_runs(plan_path, plan)]
     else:
         found = [p.parent.relative_to(out) for p in sorted(out.rglob(rundir.CONFIG))]
         planned = [(rel.parts[0], rel.as_posix(), None, rel.as_posix()) for rel in found]
@@ -137,6 +177,48 @@ def collect(out: Path) -> tuple[dict, list[RunResult]]:
         raise UserError(f"{out} holds no run directories with metrics (no {rundir.CONFIG} and "
                         f"{rundir.METRICS} below it)")
     return plan, results
+
+
+def check_plan(plan_path: Path, plan: dict) -> None:
+    """The types of study.yaml's keys that the report reads."""
+    kinds = {"preset": str, "description": str, "notes": str, "recipes": dict,
+             "ordering": list, "compare_with": list, "published_batch_factor": (int, float)}
+    for key, kind in kinds.items():
+        value = plan.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise UserError(f"{plan_path}: {key} has the wrong type ({value!r})"[:300])
+    for key in ("ordering", "compare_with"):
+        if not all(isinstance(v, str) for v in plan.get(key) or []):
+            raise UserError(f"{plan_path}: {key} must be a list of names")
+    for name, recipe in (plan.get("recipes") or {}).items():
+        if not isinstance(recipe, dict):
+            raise UserError(f"{plan_path}: recipe {name} must be a mapping")
+    factor = plan.get("published_batch_factor", 1)
+    if not (isinstance(factor, (int, float)) and factor > 0 and math.isfinite(factor)):
+        raise UserError(f"{plan_path}: published_batch_factor must be a positive number")
+
+
+PLAN_RUN_KEYS = {"recipe": str, "directory": str, "seed": int, "batch_size": int}
+
+
+def planned_runs(plan_path: Path, plan: dict) -> list[dict]:
+    """study.yaml's runs: mappings of recipe, directory (inside the study folder), seed and
+    batch size; anything else is a UserError naming the file."""
+    runs = plan.get("runs", [])
+    if not isinstance(runs, list):
+        raise UserError(f"{plan_path}: runs must be a list of runs, got {runs!r}"[:300])
+    for index, run in enumerate(runs, 1):
+        wrong = next((k for k, kind in PLAN_RUN_KEYS.items() if not isinstance(run, dict)
+                      or not isinstance(run.get(k), kind) or isinstance(run.get(k), bool)),
+                     None)
+        if wrong is not None:
+            raise UserError(f"{plan_path}: run {index} is not a mapping with a "
+                            f"{wrong} ({PLAN_RUN_KEYS[wrong].__name__}): {run!r}"[:300])
+        parts = Path(run["directory"]).parts
+        if Path(run["directory"]).is_absolute() or ".." in parts or not parts:
+            raise UserError(f"{plan_path}: run {index}'s directory {run['directory']!r} is not "
+                            "inside the study folder")
+    return runs
 
 
 def cells(results: list[RunResult]) -> dict[str, list[Cell]]:

@@ -14,10 +14,12 @@ separate.
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
 from batchscale import files
+from batchscale.errors import UserError, one_line
 from batchscale.results.collect import (
     Cell,
     RunResult,
@@ -232,5 +234,16 @@ def add_report_parser(commands) -> None:
 
 
 def report_command(args) -> int:
-    print(f"report: {write_report(Path(args.dir), args.target)}")
+    """`batchscale report DIR`: its folder checked before anything is read or drawn."""
+    out = Path(args.dir)
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the report into {out}: the folder is not writable")
+    try:
+        path = write_report(out, args.target)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+            ZeroDivisionError) as err:  # a value of the study's files that the checks missed
+        raise UserError(f"cannot report {out}: its files hold an unexpected value "
+                        f"({type(err).__name__}: {one_line(err)[:200]}); --debug shows "
+                        "where") from None
+    print(f"report: {path}")
     return 0

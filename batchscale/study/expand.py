@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import yaml
 
 from batchscale.config import HOW_FIELDS, TrainConfig, from_dict, parse_value
 from batchscale.engine import rundir
-from batchscale.errors import UserError
+from batchscale.errors import UserError, reading
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PLAN_FILE = rundir.STUDY_PLAN  # the expanded plan, written at the top of a sweep's directory
@@ -39,15 +40,81 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _read_preset(name: str) -> dict:
+PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+PRESET_SUFFIXES = (".yaml", ".yml")
+
+
+def preset_path(name: str) -> Path:
+    """The file of a preset: a name (letters, digits, `_.+-`) is presets/NAME.yaml; a path to a
+    YAML file (ending .yaml or .yml) is that file. Anything else, a name with `../` included, is
+    refused: a name never reaches outside presets/."""
+    if name.endswith(PRESET_SUFFIXES):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"preset file {name} does not exist")
+        return path
+    if not PRESET_NAME.fullmatch(name):
+        raise UserError(f"'{name}' is not a preset name (letters, digits, _.+-; see --list); a "
+                        f"preset file is given by its path ending in .yaml")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise UserError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    return path
+
+
+def _read_preset(name: str) -> dict:
+    path = preset_path(name)
+    with reading(path, "preset"):
+        data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"preset {path}: not a mapping of keys")
     unknown = set(data) - PRESET_KEYS
     if unknown:
-        raise UserError(f"preset {name}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"preset {name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    _check_preset(path, data)
     return data
+
+
+def _check_preset(path: Path, data: dict) -> None:
+    """The types of a preset's keys (values of config fields are checked by the config)."""
+    def bad(key: str, what: str):
+        return UserError(f"preset {path}: {key} must be {what}, got {data_at(key)!r}"[:300])
+
+    def data_at(key: str):
+        value = data
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    def int_list(value) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+    for key, kind in (("description", str), ("notes", str), ("extends", str)):
+        if key in data and not isinstance(data[key], kind):
+            raise bad(key, "text")
+    for key in ("config", "recipes"):
+        if key in data and not isinstance(data[key], dict):
+            raise bad(key, "a mapping")
+    if "batch_sizes" in data and not int_list(data["batch_sizes"]):
+        raise bad("batch_sizes", "a list of positive integers")
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise bad("seeds", "a positive integer")
+    factor = data.get("published_batch_factor", 1)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise bad("published_batch_factor", "a positive number")
+    for key in ("use_recipes", "ordering", "compare_with"):
+        if key in data and not (isinstance(data[key], list)
+                                and all(isinstance(v, str) for v in data[key])):
+            raise bad(key, "a list of names")
+    for name, recipe in data.get("recipes", {}).items():
+        if not isinstance(recipe, dict):
+            raise bad(f"recipes.{name}", "a mapping")
+        if not isinstance(recipe.get("config", {}), dict):
+            raise bad(f"recipes.{name}.config", "a mapping")
+        if "batch_sizes" in recipe and not int_list(recipe["batch_sizes"]):
+            raise bad(f"recipes.{name}.batch_sizes", "a list of positive integers")
 
 
 def _merge_recipes(parent: dict, child: dict) -> dict:
@@ -59,14 +126,23 @@ def _merge_recipes(parent: dict, child: dict) -> dict:
     return merged
 
 
-def load_preset(name: str) -> dict:
-    """A preset with its `extends` chain resolved: config and recipes merged, the rest replaced."""
+def load_preset(name: str, _seen: tuple = ()) -> dict:
+    """A preset with its `extends` chain resolved: config and recipes merged, the rest replaced.
+    `extends` names a preset in presets/ (never a path)."""
+    if name in _seen:
+        raise UserError(f"preset {_seen[0]}: extends itself ({' -> '.join((*_seen, name))})")
     data = _read_preset(name)
-    parent = load_preset(data["extends"]) if data.get("extends") else {}
+    if data.get("extends", "").endswith(PRESET_SUFFIXES):
+        raise UserError(f"preset {name}: extends names a preset, not a file "
+                        f"({data['extends']!r})")
+    parent = load_preset(data["extends"], (*_seen, name)) if data.get("extends") else {}
     merged = {**parent, **data}
     merged["config"] = {**parent.get("config", {}), **data.get("config", {})}
     merged["recipes"] = _merge_recipes(parent.get("recipes", {}), data.get("recipes", {}))
-    merged["name"] = name
+    merged["name"] = preset_path(name).stem
+    for key in ("use_recipes", "batch_sizes"):
+        if key not in merged and not _seen:
+            raise UserError(f"preset {name} has no {key} (nor does what it extends)")
     merged.pop("extends", None)
     return merged
 

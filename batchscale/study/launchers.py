@@ -191,8 +191,24 @@ def sbatch_script(executor, jobs: list[TrainJob]) -> str:
 
 # ---------------------------------------------------------------------- jobs.json
 def read_jobs(out: Path) -> dict:
+    """The recorded jobs; a jobs.json that is cut or holds other than job records is a
+    UserError naming it."""
     path = out / JOBS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        jobs = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}".splitlines()[0]) from None
+    for name, record in (jobs.items() if isinstance(jobs, dict) else [("", None)]):
+        if not (isinstance(record, dict) and record.get("executor") in ("local", "slurm")
+                and isinstance(record.get("job_id"), str)
+                and record["job_id"].replace("_", "").isdigit()
+                and isinstance(record.get("submitted", 0), (int, float))):
+            raise UserError(f"cannot read {path}: the record of {name or 'its runs'} is not a "
+                            "job (executor local or slurm, a numeric job_id); remove the file "
+                            "to forget the jobs")
+    return jobs
 
 
 def write_jobs(out: Path, jobs: dict) -> None:
