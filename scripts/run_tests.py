@@ -47,11 +47,17 @@ def deal(files: list[str], seconds: dict[str, float], shards: int) -> list[list[
 
 
 def file_seconds(junit: Path) -> dict[str, float]:
-    """Per-file seconds from a pytest JUnit XML report (setup, call and teardown included)."""
+    """Per-file seconds from a pytest JUnit XML report (setup, call and teardown included).
+
+    The classname is the test file's path from pytest's rootdir, dotted, then any class:
+    tests.test_x or tests.test_x.TestClass here. Without a config file above the tests, pytest's
+    rootdir is the common ancestor of the working directory and the tests, so folders between
+    them (a temporary folder named test_..., say) come first: the file is the LAST test_ part
+    (classes are named Test...)."""
     totals: dict[str, float] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
-        parts = case.get("classname", "").split(".")  # tests.test_x or tests.test_x.TestClass
-        name = next(part for part in parts if part.startswith("test_")) + ".py"
+        parts = case.get("classname", "").split(".")
+        name = [part for part in parts if part.startswith("test_")][-1] + ".py"
         totals[name] = totals.get(name, 0.0) + float(case.get("time", 0))
     return totals
 

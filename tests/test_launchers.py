@@ -13,7 +13,8 @@ import time
 import pytest
 
 from batchscale.engine import rundir
-from batchscale.study.expand import Run, load_preset
+from batchscale.engine.train import PAUSE_ENV
+from batchscale.study.expand import Run
 from batchscale.study.launchers import read_jobs, sbatch_script, status_table, submit, train_job
 
 from conftest import ROOT, tiny_config
@@ -75,10 +76,14 @@ def test_submitted_runs_complete_and_are_skipped_on_rerun(finished):
     assert read_jobs(out)[run.directory]["job_id"] == record["job_id"]
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes_exactly(finished, tmp_path):
+def test_preempted_job_checkpoints_requeues_and_resumes_exactly(finished, tmp_path,
+                                                                monkeypatch):
     """USR2 (SLURM's warning before preemption or the time limit) mid-run: submitit calls the
     job's checkpoint(), the run saves at its current step, the job is requeued and finishes
-    with the metrics of the uninterrupted run."""
+    with the metrics of the uninterrupted run. The run waits after epoch 1 (PAUSE_ENV) until
+    the signal comes, so the signal always finds it mid-run; it stops after epoch 2's first
+    step. The requeued job resumes inside epoch 2 and does not wait again."""
+    monkeypatch.setenv(PAUSE_ENV, "1")
     run = tiny_run(epochs=2)
     (job,) = submit([run], tmp_path, executor(tmp_path))["jobs"]
     wait_for_epochs(tmp_path / run.directory, 1, job)
@@ -87,12 +92,16 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(finished, tmp_pa
     assert job.result()["status"] == "completed"
     log = "".join(p.read_text() for p in (tmp_path / "slurm").glob("*_log.*"))
     assert "stopped for requeue; checkpoint" in log and "--resume" in log
+    assert "saved" in log.split("stopped for requeue; checkpoint", 1)[1].splitlines()[0]
     reference = rundir.read_metrics(finished[0] / run.directory)
     assert without_timing(rundir.read_metrics(tmp_path / run.directory)) == without_timing(
         reference)
 
 
-def test_killed_job_is_resumed_not_restarted_on_rerun(finished, tmp_path):
+def test_killed_job_is_resumed_not_restarted_on_rerun(finished, tmp_path, monkeypatch):
+    """SIGKILL while the run waits after epoch 1's checkpoint (PAUSE_ENV: it cannot have gone
+    on); the rerun resumes from that checkpoint and does not wait again."""
+    monkeypatch.setenv(PAUSE_ENV, "1")
     run = tiny_run(epochs=2)
     (job,) = submit([run], tmp_path, executor(tmp_path))["jobs"]
     run_dir = tmp_path / run.directory
@@ -148,7 +157,9 @@ def test_without_submitit_the_launcher_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_slurm_options_need_the_slurm_launcher():
+def test_slurm_options_need_the_slurm_launcher(tmp_path, capsys):
     from batchscale.cli import main
-    assert main(["study", "demo", "--gpus-per-run", "2"]) == 2
-    assert load_preset("demo")  # nothing else happened
+    assert main(["study", "demo", "--gpus-per-run", "2", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "batchscale: error: --gpus-per-run needs --launcher slurm"]
+    assert not (tmp_path / "s").exists()  # nothing else happened

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from batchscale.engine.lock import LOCK_NAME, FolderLock
+from batchscale.engine.lock import LOCK_NAME, FolderLock, process_start_time
 from batchscale.errors import UserError
 
 from conftest import ROOT
@@ -18,10 +18,18 @@ HOLD = ("import sys, time; from batchscale.engine.lock import FolderLock; "
         "FolderLock(sys.argv[1], 'holder').acquire(); print('held', flush=True); time.sleep(600)")
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
+def dead_process() -> tuple[int, str]:
+    """(pid, start time) of a process that has ended. The start time is read while it runs, so
+    the lock below names that process even if the system gives its pid to a new one meanwhile
+    (the new one starts later: a lock naming it is not stale, this one is)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start_time = process_start_time(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+    assert start_time is not None
+    return process.pid, start_time
 
 
 def write_lock(folder, **holder):
@@ -56,7 +64,9 @@ def test_lock_of_another_live_process_is_refused_until_it_dies(tmp_path):
 
 
 def test_stale_and_foreign_locks(tmp_path):
-    write_lock(tmp_path / "dead", pid=dead_pid(), host=socket.gethostname(), what="old")
+    pid, start_time = dead_process()
+    write_lock(tmp_path / "dead", pid=pid, start_time=start_time, host=socket.gethostname(),
+               what="old")
     FolderLock(tmp_path / "dead", "new").acquire().release()  # a dead process: taken over
     write_lock(tmp_path / "remote", pid=1, host="another-host", what="train")
     with pytest.raises(UserError, match="another-host"):  # cannot be checked from here
