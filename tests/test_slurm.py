@@ -14,6 +14,7 @@ a time) and each test follows its own. Local reference runs train meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -47,18 +48,22 @@ STUDY = ["study", "demo", "--seeds", "1", "--set", "width=4", "--set", "train_su
 
 
 # ---------------------------------------------------------------------- the cluster
+@functools.cache
 def cluster_problem() -> str | None:
     """Why the tests cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (the local cluster's only SLURM user; scripts/local_slurm.sh up)"
     if launchers.submitit is None:
         return "the slurm extra (submitit) is not installed"
-    conf = os.environ.get("SLURM_CONF") or (str(DEFAULT_CONF) if DEFAULT_CONF.exists() else "")
-    if conf:
-        os.environ["SLURM_CONF"] = conf
+    conf = os.environ.get("SLURM_CONF") or next(
+        (str(c) for c in (DEFAULT_CONF, Path("/etc/slurm/slurm.conf")) if c.exists()), "")
+    if not Path(conf).is_file():
+        return (f"no SLURM cluster configured ({conf or DEFAULT_CONF} absent); start one: "
+                "scripts/local_slurm.sh up")
+    os.environ["SLURM_CONF"] = conf
     try:
         done = subprocess.run(["sinfo", "--noheader", "--format", "%T"], capture_output=True,
-                              text=True, timeout=30)
+                              text=True, timeout=15)
     except (OSError, subprocess.SubprocessError) as err:
         return f"no SLURM here ({err}); start one: scripts/local_slurm.sh up"
     if done.returncode or not set(done.stdout.split()) & {"idle", "mixed", "allocated"}:

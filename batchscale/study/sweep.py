@@ -334,7 +334,8 @@ def study_command(args) -> int:
         runs = expand(preset, 1 + max(r["seed"] for r in plan["runs"]), overrides, args.jobs)
         check_plan(runs, plan, Path(args.out or Path("runs") / args.preset))
     elif not args.preset:
-        raise UserError("study needs a PRESET (or --list; --status needs --out or a PRESET)")
+        raise UserError(f"{Path(args.out) / PLAN_FILE} does not exist: give the study's PRESET"
+                        if args.status and args.out else "study needs a PRESET (or --list)")
     else:
         preset = load_preset(args.preset)
         overrides = parse_overrides(args.set)
