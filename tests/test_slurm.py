@@ -277,15 +277,18 @@ def test_a_task_cancelled_while_pending_is_seen_and_resubmitted_behind_the_array
     code, table, _ = cli("study", "demo", "--out", str(study), "--status")
     row = next(ln for ln in table.splitlines() if ln.startswith(name))
     assert "queued" not in row and "not started" in row, table
-    code, stdout, stderr = cli(*STUDY, "--out", str(study), "--launcher", "slurm")
+    code, stdout, stderr = cli(*STUDY, "--out", str(study), "--launcher", "slurm",
+                               "--gpus-per-run", "0")
     assert code == 0, stderr
     assert f"{name}: submitted (job " in stdout and "1 submitted" in stdout
     new = launchers.read_jobs(study)[name]
     assert new["earlier_jobs"] == [record["job_id"]] and new["job_id"] != record["job_id"]
+    assert new["array_parallelism"] == 1  # the study's, though this rerun did not give it
     array = record["job_id"].split("_")[0]
     script = (study / "slurm" / f"{new['job_id']}_submission.sh").read_text()
     assert f"#SBATCH --dependency=afterany:{array}" in script
     assert "#SBATCH --array" not in script  # one run: one job
+    assert "gpus" not in script and "gres" not in script  # --gpus-per-run 0
 
 
 def test_parallelism_holds_for_the_study_and_it_completes_like_a_local_study(studies):

@@ -526,16 +526,16 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
     cpus = max(run_cpus(run, gpus) for run in unique_runs(runs))
     executor = slurm_executor(out, args.slurm_partition, args.slurm_time, gpus, parallelism,
                               args.slurm_opt, cpus)
-    created = not out.exists()
+    created, jobs_folder = not out.exists(), not (out / JOBS_FOLDER).exists()
     umask = os.umask(0o022)
     os.umask(umask | 0o022)  # submitit's folder and pickles: not writable by others
     try:
         out.mkdir(mode=0o755, parents=True, exist_ok=True)
         (out / JOBS_FOLDER).mkdir(mode=0o755, exist_ok=True)
         outcome = submit(runs, out, executor, gpus)
-    except UserError:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # it held nothing before this command
+    except UserError:  # what this command created held nothing before it
+        if created or jobs_folder:
+            shutil.rmtree(out if created else out / JOBS_FOLDER, ignore_errors=True)
         raise
     finally:
         os.umask(umask)
