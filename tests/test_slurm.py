@@ -395,6 +395,8 @@ def test_a_group_writable_study_folder_is_refused(cluster, tmp_path):
     ('{"r/b16/seed0": {"job_id": "12', "is not valid JSON"),
     ('{"r/b16/seed0": {"job_id": "12; rm -rf ~", "executor": "slurm", "folder": "x", '
      '"submitted": 1}}', "has job_id '12; rm -rf ~', not a job id"),
+    ('{"r/b16/seed0": {"job_id": "12_3", "executor": "local", "folder": "x", '
+     '"submitted": 1}}', "has job_id '12_3', not a process id"),
     ('["12"]', "must hold an object")])
 def test_a_damaged_jobs_file_is_one_line(tmp_path, text, problem):
     out = tmp_path / "study"

@@ -312,6 +312,8 @@ def _record_problem(record) -> str | None:
         return f"has job_id {job_id!r}, not a job id (digits, or digits_digits for a task)"
     if record.get("executor") not in ("local", "slurm"):
         return f"has executor {record.get('executor')!r}, not 'local' or 'slurm'"
+    if record["executor"] == "local" and not str(job_id).isdigit():
+        return f"has job_id {job_id!r}, not a process id"
     if not isinstance(record.get("submitted"), int | float) or isinstance(
             record.get("submitted"), bool):
         return "has no number 'submitted'"
