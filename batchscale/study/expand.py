@@ -349,10 +349,13 @@ def add_study_parser(commands) -> None:
     study.add_argument("--slurm-time", type=int, default=1440, metavar="MIN",
                        help="time limit of each job in minutes; a run that needs longer is "
                             "checkpointed and requeued (default: 1440)")
-    study.add_argument("--gpus-per-run", type=int, default=1, metavar="W",
-                       help="GPUs of each job; W > 1 runs torchrun with W workers (default: 1)")
-    study.add_argument("--slurm-array-parallelism", type=int, default=256, metavar="N",
-                       help="jobs of the array running at once (default: 256)")
+    study.add_argument("--gpus-per-run", type=int, metavar="W",
+                       help="GPUs of each job; 0 for a CPU partition; W > 1 runs torchrun with "
+                            "W workers (default: 0 for device=cpu runs or a partition without "
+                            "GPUs, else 1)")
+    study.add_argument("--slurm-array-parallelism", type=int, metavar="N",
+                       help="the study's jobs running at once, across reruns (default: the "
+                            "study's earlier value, else 256)")
     study.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="another sbatch option, e.g. account=proj or mem=64G (repeatable)")
     study.add_argument("--wait", action="store_true",

@@ -3,24 +3,36 @@
 
     batchscale study table3 --launcher slurm --slurm-partition gpu --slurm-time 720 \\
         --gpus-per-run 4 --slurm-array-parallelism 8 --slurm-opt account=myproj
-    batchscale study table3 --status                     # queued / running at epoch e / ...
+    batchscale study table3 --out runs/table3 --status     # queued / running at epoch e / ...
 
-The study folder stays the unit of truth. Each submission is recorded in `<out>/jobs.json`
-(written atomically): a rerun of the same command skips completed and diverged runs, leaves
-alone runs whose job is still queued or running (asked of submitit), and submits the others,
-resuming those that hold a checkpoint. Several runs go as one job array. A job with W GPUs runs
+The study folder stays the unit of truth: `<out>/study.yaml` is its plan (`--status` and reruns
+read it) and each submission is recorded in `<out>/jobs.json` (written atomically). A rerun
+skips completed and diverged runs, leaves alone runs whose job is still queued or running and
+submits the others, resuming those that hold a checkpoint. Whether a job is queued or running
+is asked of the controller's live queue (`squeue`), never of accounting (`sacct`): a task
+cancelled while pending has no sacct row, and a cluster may have no accounting at all. Several
+runs go as one job array; while earlier jobs of the study are queued or running, a new array
+waits for them (`--dependency=afterany`), so `--slurm-array-parallelism` holds for the study.
+Each job asks for the CPUs its run uses (threads x workers); `--gpus-per-run 0` (the default on
+a partition without GPUs, or for device=cpu runs) asks for no GPU. A job with W GPUs runs
 `torchrun --standalone --nproc-per-node W -m batchscale train` on its node.
 
 Preemption and time limits: SLURM sends USR2 shortly before (submitit's `--signal`); submitit
 calls `TrainJob.checkpoint`, which stops the training at its next step (SIGTERM: the engine
 saves a checkpoint) and hands submitit the same job with resume, which it requeues. Job logs are
-in `<out>/slurm/`.
+in `<out>/slurm/` (`<array>_<task>_0_log.out`, or `<job>_0_log.out` for a single job).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import pwd
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,34 +58,40 @@ JOBS_FILE = "jobs.json"
 JOBS_FOLDER = "slurm"  # submitit's scripts, pickles and logs, under the study folder
 STOP_WAIT_S = 80.0  # a preempted run's time to reach its next step and save (SLURM gives 90 s)
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                 "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
-RECENT_S = 600.0  # sacct may not know a job for a moment after it is submitted
+                 "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT",
+                 "RESV_DEL_HOLD", "POWER_UP_NODE"}
+ENDED = "ENDED"  # the job is no longer in the controller's queue
+DEFAULT_PARALLELISM = 256
+WAIT_POLL_S = 10.0
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or an array task
 MISSING = ("--launcher slurm needs the submitit package: pip install 'batchscale[slurm]' "
            "(or pip install submitit)")
 SLURM_ONLY = ("slurm_partition", "slurm_time", "gpus_per_run", "slurm_array_parallelism",
               "slurm_opt", "wait")
+DEFAULTS = {"slurm_time": 1440, "gpus_per_run": None, "slurm_array_parallelism": None,
+            "slurm_opt": [], "wait": False, "slurm_partition": None}
 
 
 # ---------------------------------------------------------------------- the job
 class TrainJob:
-    """What a job runs: `batchscale train` for one run directory, under torchrun with `gpus`
-    workers when gpus > 1. Submitit's checkpointing protocol: `checkpoint()` returns the job to
-    requeue (a submitit DelayedSubmission of the same job, resuming)."""
+    """What a job runs: `batchscale train` for one run directory with `threads` threads per
+    process, under torchrun with `gpus` workers when gpus > 1. Submitit's checkpointing
+    protocol: `checkpoint()` returns the job to requeue (a DelayedSubmission, resuming)."""
 
     def __init__(self, run_dir: str, flags: list[str], how_flags: list[str], gpus: int = 1,
-                 resume: bool = False):
+                 resume: bool = False, threads: int = 0):
         self.run_dir, self.flags, self.how_flags = str(run_dir), flags, how_flags
-        self.gpus, self.resume = gpus, resume
+        self.gpus, self.resume, self.threads = gpus, resume, threads
         self._process, self._waiter = None, None
 
     def __getstate__(self):
         return {k: v for k, v in vars(self).items() if k not in ("_process", "_waiter")}
 
     def __setstate__(self, state):
-        vars(self).update(state, _process=None, _waiter=None)
+        vars(self).update({"threads": 0, **state}, _process=None, _waiter=None)
 
     def command(self, threads: int | None = None) -> list[str]:
-        """The command line that trains (or resumes) the run."""
+        """The command line that trains (or resumes) the run, `--threads` given once."""
         if self.gpus > 1:
             head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes",
                     "1", "--nproc-per-node", str(self.gpus), "-m", "batchscale"]
@@ -84,15 +102,20 @@ class TrainJob:
             tail = ["--resume", *self.how_flags]
         else:  # a directory without config.yaml holds nothing to keep
             tail = [*self.flags, "--overwrite"]
-        return head + tail + (["--threads", str(threads)] if threads else [])
+        threads = threads or self.threads
+        if threads:
+            tail = _without_option(tail, "--threads") + ["--threads", str(threads)]
+        return head + tail
 
     def __call__(self) -> dict:
         """Train; the run's summary status, or an error when it failed."""
-        threads = max(1, len(os.sched_getaffinity(0)) // self.gpus)
+        threads = self.threads or max(1, len(os.sched_getaffinity(0)) // max(self.gpus, 1))
         command = self.command(threads)
         print("batchscale job:", " ".join(command), flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         # SLURM signals every process of the job; USR2 is this process's to turn into SIGTERM
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_ignore_usr2)
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env,
+                                         preexec_fn=_ignore_usr2)
         self._waiter = threading.Thread(target=self._process.wait, daemon=True)
         self._waiter.start()
         self._waiter.join()
@@ -111,8 +134,22 @@ class TrainJob:
         saved = Path(self.run_dir) / checkpoint.NAME
         print(f"batchscale job: stopped for requeue; checkpoint {saved} "
               f"{'saved' if saved.exists() else 'absent'}", flush=True)
-        resumed = TrainJob(self.run_dir, self.flags, self.how_flags, self.gpus, resume=True)
+        resumed = TrainJob(self.run_dir, self.flags, self.how_flags, self.gpus, resume=True,
+                           threads=self.threads)
         return submitit.helpers.DelayedSubmission(resumed)
+
+
+def _without_option(flags: list[str], option: str) -> list[str]:
+    """`flags` without `option VALUE` (and `option=VALUE`)."""
+    kept, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag == option:
+            skip = True
+        elif not flag.startswith(option + "="):
+            kept.append(flag)
+    return kept
 
 
 def _ignore_usr2() -> None:
@@ -129,8 +166,16 @@ def train_job(run: Run, out: Path, gpus: int) -> TrainJob:
     if gpus > 1 and run.cfg.workers not in (0, gpus):
         raise UserError(f"{run.name} has workers={run.cfg.workers}; --gpus-per-run {gpus} "
                         "starts that many workers: make them equal")
+    if gpus == 0 and run.cfg.device == "cuda":
+        raise UserError(f"{run.name} has device=cuda; --gpus-per-run 0 gives its job no GPU")
     how = how_flags(run.cfg) + ["--epochs", str(run.cfg.epochs)]
-    return TrainJob(str(out / run.directory), config_flags(run.cfg), how, gpus)
+    return TrainJob(str(out / run.directory), config_flags(run.cfg), how, gpus,
+                    threads=run.cfg.threads)
+
+
+def run_cpus(run: Run, gpus: int) -> int:
+    """The CPUs a run's job uses: its threads in each of its processes."""
+    return max(run.cfg.threads, 1) * max(run.cfg.workers, gpus, 1)
 
 
 # ---------------------------------------------------------------------- executors
@@ -160,16 +205,19 @@ def parse_slurm_opts(pairs: list[str]) -> dict:
 
 
 def slurm_executor(out: Path, partition: str | None, time_min: int, gpus: int,
-                   array_parallelism: int, opts: list[str] | None = None):
-    """A submitit SlurmExecutor writing into `<out>/slurm/`: one task per job, `gpus` GPUs."""
+                   array_parallelism: int, opts: list[str] | None = None,
+                   cpus: int | None = None):
+    """A submitit SlurmExecutor writing into `<out>/slurm/`: one task per job, `gpus` GPUs
+    (none asked for when 0), `cpus` CPUs; `--slurm-opt` values take precedence."""
     try:
         executor = require_submitit().SlurmExecutor(folder=str(out / JOBS_FOLDER),
                                                     max_num_timeout=20)
     except RuntimeError as err:  # no srun: not a SLURM machine
         raise UserError(f"--launcher slurm: {err}") from None
     params = {"job_name": "batchscale", "time": time_min, "nodes": 1, "ntasks_per_node": 1,
-              "gpus_per_node": gpus or None, "array_parallelism": array_parallelism,
-              "signal_delay_s": 90, "stderr_to_stdout": True}
+              "gpus_per_node": gpus or None, "cpus_per_task": cpus,
+              "array_parallelism": array_parallelism, "signal_delay_s": 90,
+              "stderr_to_stdout": True}
     if partition:
         params["partition"] = partition
     params.update(parse_slurm_opts(opts))
@@ -189,26 +237,93 @@ def sbatch_script(executor, jobs: list[TrainJob]) -> str:
                                       folder=executor.folder, **params)
 
 
+def _after(executor, job_ids: list[str]) -> None:
+    """Let the executor's next submission start only when these jobs have ended."""
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids}, key=int)
+    extra = dict(executor.parameters.get("additional_parameters") or {})
+    dependency = "afterany:" + ":".join(arrays)
+    extra["dependency"] = (f"{extra['dependency']},{dependency}" if extra.get("dependency")
+                           else dependency)
+    executor.update_parameters(additional_parameters=extra)
+
+
+def _submit_all(executor, jobs: list[TrainJob]) -> list:
+    """Submit `jobs` as one array (or one job). When sbatch refuses: one line, and the files
+    this submission wrote into the jobs folder are removed."""
+    folder = Path(executor.folder)
+    existed = folder.exists()
+    before = set(folder.iterdir()) if existed else set()
+    errors = io.StringIO()
+    failures = (submitit.core.utils.FailedJobError, OSError, subprocess.SubprocessError)
+    try:
+        with contextlib.redirect_stderr(errors):  # submitit prints sbatch's stderr itself
+            with executor.batch():
+                return [executor.submit(job) for job in jobs]
+    except failures as err:
+        for path in (set(folder.iterdir()) if folder.exists() else set()) - before:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if not existed and folder.exists():
+            folder.rmdir()
+        raise UserError(f"sbatch refused the jobs: {_first_error(str(err), errors.getvalue())}"
+                        ) from None
+
+
+def _first_error(*texts: str) -> str:
+    lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    return lines[0] if lines else "no message"
+
+
 # ---------------------------------------------------------------------- jobs.json
 def read_jobs(out: Path) -> dict:
-    """The recorded jobs; a jobs.json that is cut or holds other than job records is a
-    UserError naming it."""
+    """`<out>/jobs.json`, checked: a damaged file is one line, never a traceback."""
     path = out / JOBS_FILE
     if not path.exists():
         return {}
     try:
-        jobs = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}".splitlines()[0]) from None
-    for name, record in (jobs.items() if isinstance(jobs, dict) else [("", None)]):
-        if not (isinstance(record, dict) and record.get("executor") in ("local", "slurm")
-                and isinstance(record.get("job_id"), str)
-                and record["job_id"].replace("_", "").isdigit()
-                and isinstance(record.get("submitted", 0), (int, float))):
-            raise UserError(f"cannot read {path}: the record of {name or 'its runs'} is not a "
-                            "job (executor local or slurm, a numeric job_id); remove the file "
-                            "to forget the jobs")
-    return jobs
+        records = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; restore it, or remove it (then its jobs "
+                        "are no longer tracked)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); restore "
+                        "it, or remove it (then its jobs are no longer tracked)") from None
+    if not isinstance(records, dict):
+        raise UserError(f"{path} must hold an object of run directory -> job record")
+    for name, record in records.items():
+        problem = _record_problem(record)
+        if problem:
+            raise UserError(f"{path}: the record of {name} {problem}")
+        record["job_id"] = str(record["job_id"])
+    return records
+
+
+def _record_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return "is not an object"
+    job_id = record.get("job_id")
+    if isinstance(job_id, bool) or not isinstance(job_id, str | int) or not JOB_ID.match(
+            str(job_id)):
+        return f"has job_id {job_id!r}, not a job id (digits, or digits_digits for a task)"
+    if record.get("executor") not in ("local", "slurm"):
+        return f"has executor {record.get('executor')!r}, not 'local' or 'slurm'"
+    if record["executor"] == "local" and not str(job_id).isdigit():
+        return f"has job_id {job_id!r}, not a process id"
+    if not isinstance(record.get("submitted"), int | float) or isinstance(
+            record.get("submitted"), bool):
+        return "has no number 'submitted'"
+    if not isinstance(record.get("folder"), str):
+        return "has no 'folder'"
+    earlier = record.get("earlier_jobs", [])
+    if not isinstance(earlier, list) or not all(
+            isinstance(j, str | int) and JOB_ID.match(str(j)) for j in earlier):
+        return "has 'earlier_jobs' that are not job ids"
+    return None
 
 
 def write_jobs(out: Path, jobs: dict) -> None:
@@ -216,15 +331,30 @@ def write_jobs(out: Path, jobs: dict) -> None:
     files.write_text(out / JOBS_FILE, text)
 
 
-def job_state(record: dict) -> str:
-    """The scheduler's word for a recorded job, in capitals (submitit asks sacct for SLURM)."""
+# ---------------------------------------------------------------------- job states
+def slurm_queue() -> dict[str, str]:
+    """The controller's live queue of this user's jobs: job id (`A_T` for an array task) ->
+    state (PENDING, RUNNING, ..., or a final one for a job that ended minutes ago)."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    command = ["squeue", "--noheader", "--array", "--user", user, "--format", "%i|%T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise UserError(f"squeue failed ({err}): cannot tell which jobs are queued") from None
+    if done.returncode:
+        raise UserError(f"squeue failed: {_first_error(done.stderr, done.stdout)}; cannot tell "
+                        "which jobs are queued")
+    return dict(line.split("|", 1) for line in done.stdout.split() if "|" in line)
+
+
+def job_state(record: dict, queue: dict[str, str] | None = None) -> str:
+    """The scheduler's word for a recorded job, in capitals: for SLURM its state in the live
+    queue (`queue`, asked of squeue when not given), ENDED once it left the queue."""
     if record["executor"] == "local":  # a local job's id is its controller's process id
         return "RUNNING" if _submitit_process(int(record["job_id"])) else "FINISHED"
-    job = require_submitit().SlurmJob(folder=record["folder"], job_id=record["job_id"])
-    state = str(job.state).upper().split()[0]
-    if state == "UNKNOWN" and time.time() - record["submitted"] < RECENT_S:
-        return "PENDING"
-    return state
+    if queue is None:
+        queue = slurm_queue()
+    return queue.get(record["job_id"], ENDED)
 
 
 def _submitit_process(pid: int) -> bool:
@@ -234,37 +364,49 @@ def _submitit_process(pid: int) -> bool:
         return False
 
 
-def active(record: dict | None) -> bool:
-    return record is not None and job_state(record) in ACTIVE_STATES
+def active(record: dict | None, queue: dict[str, str] | None = None) -> bool:
+    return record is not None and job_state(record, queue) in ACTIVE_STATES
+
+
+def queue_for(records: dict) -> dict[str, str] | None:
+    """The live queue when any record is a SLURM job (one squeue for a whole table)."""
+    return slurm_queue() if any(r["executor"] == "slurm" for r in records.values()) else None
 
 
 # ---------------------------------------------------------------------- submitting
 def submit(runs: list[Run], out: Path, executor, gpus: int = 1) -> dict[str, list[str]]:
     """Submit every run that is not final and has no queued or running job; record the jobs.
-    Returns the run names by what happened: submitted, resumed, skipped, queued."""
+    Returns the run names by what happened: submitted, resumed, skipped, running, queued."""
     out.mkdir(parents=True, exist_ok=True)
     records = read_jobs(out)
-    outcome = {"submitted": [], "resumed": [], "skipped": [], "queued": []}
+    kind = "local" if type(executor).__name__ == "LocalExecutor" else "slurm"
+    queue = slurm_queue() if kind == "slurm" else None
+    outcome = {"submitted": [], "resumed": [], "skipped": [], "running": [], "queued": []}
     todo = []
     for run in unique_runs(runs):
         directory = out / run.directory
+        record = records.get(run.directory)
+        state = job_state(record, queue) if record else None
         if _summary(directory).get("status") in rundir.FINAL_STATUSES:
             outcome["skipped"].append(run.directory)
-        elif active(records.get(run.directory)):
-            outcome["queued"].append(run.directory)
+        elif state in ACTIVE_STATES:
+            outcome["running" if state == "RUNNING" else "queued"].append(run.directory)
         else:
             resume = (directory / rundir.CONFIG).exists()
             todo.append((run, train_job(run, out, gpus), resume))
     if not todo:
         return outcome
-    with executor.batch():
-        pending = [executor.submit(job) for _, job, _ in todo]
-    kind = "local" if type(executor).__name__ == "LocalExecutor" else "slurm"
+    busy = [r["job_id"] for r in records.values()
+            if r["executor"] == "slurm" and job_state(r, queue) in ACTIVE_STATES]
+    if kind == "slurm" and busy:  # the study's array parallelism holds across submissions
+        _after(executor, busy)
+    pending = _submit_all(executor, [job for _, job, _ in todo])
     for (run, _, resume), submitted in zip(todo, pending, strict=True):
         previous = records.get(run.directory, {})
         records[run.directory] = {
             "job_id": str(submitted.job_id), "executor": kind, "folder": str(executor.folder),
             "submitted": time.time(), "resume": resume,
+            "array_parallelism": executor.parameters.get("array_parallelism"),
             "earlier_jobs": previous.get("earlier_jobs", []) + (
                 [previous["job_id"]] if previous else [])}
         outcome["resumed" if resume else "submitted"].append(run.directory)
@@ -273,8 +415,42 @@ def submit(runs: list[Run], out: Path, executor, gpus: int = 1) -> dict[str, lis
     return outcome
 
 
+def study_parallelism(out: Path) -> int | None:
+    """The array parallelism the study's jobs were submitted with (the smallest)."""
+    given = [r["array_parallelism"] for r in read_jobs(out).values()
+             if isinstance(r.get("array_parallelism"), int)]
+    return min(given) if given else None
+
+
+def check_private(out: Path) -> None:
+    """Refuse a study folder that others may write: its jobs unpickle `<out>/slurm/*.pkl`."""
+    for path in (out, out / JOBS_FOLDER):
+        if path.exists() and path.stat().st_mode & 0o022:
+            raise UserError(f"{path} is group- or world-writable (mode "
+                            f"{path.stat().st_mode & 0o777:o}) and its jobs run the pickles in "
+                            f"{out / JOBS_FOLDER}: chmod go-w {shlex.quote(str(path))}")
+
+
+def default_gpus(runs: list[Run], partition: str | None) -> int:
+    """GPUs per job when --gpus-per-run is not given: none for device=cpu runs or on a
+    partition without GPUs (sinfo's gres), else one."""
+    if all(run.cfg.device == "cpu" for run in runs):
+        return 0
+    try:
+        done = subprocess.run(["sinfo", "--noheader", "--format", "%P|%G"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return 1
+    rows = [line.split("|", 1) for line in done.stdout.split() if "|" in line]
+    if done.returncode or not rows:
+        return 1
+    chosen = [g for p, g in rows if (p.rstrip("*") == partition if partition else
+                                     p.endswith("*"))]
+    return 1 if any("gpu" in g for g in chosen) else 0
+
+
 # ---------------------------------------------------------------------- --status
-def run_status(run: Run, out: Path, record: dict | None) -> str:
+def run_status(run: Run, out: Path, record: dict | None, queue: dict | None = None) -> str:
     """queued / running at epoch e / completed / diverged / failed / interrupted / ..."""
     directory = out / run.directory
     summary = _summary(directory)
@@ -284,24 +460,27 @@ def run_status(run: Run, out: Path, record: dict | None) -> str:
         return f"completed (test acc {summary['final_test_acc']:.4f})"
     if status == "diverged":
         return f"diverged at step {summary['diverged_at_step']}"
-    state = job_state(record) if record else None
+    state = job_state(record, queue) if record else None
     if state == "RUNNING":
         return f"running at epoch {min(done + 1, run.cfg.epochs)}/{run.cfg.epochs}"
     if state in ACTIVE_STATES:
         return "queued"
+    ended = f" (job {state.lower()})" if state not in (None, ENDED, "FINISHED",
+                                                        "COMPLETED") else ""
     if status in ("failed", "interrupted"):
-        return f"{status} after epoch {done}/{run.cfg.epochs}"
+        return f"{status} after epoch {done}/{run.cfg.epochs}{ended}"
     if (directory / rundir.CONFIG).exists():
-        return f"unfinished after epoch {done}/{run.cfg.epochs}"
-    return "not started"
+        return f"unfinished after epoch {done}/{run.cfg.epochs}{ended}"
+    return "not started" + ended
 
 
 def status_table(runs: list[Run], out: Path) -> str:
     records = read_jobs(out)
+    queue = queue_for(records)
     rows = [["run", "state", "job"]]
     for run in unique_runs(runs):
         record = records.get(run.directory)
-        rows.append([run.directory, run_status(run, out, record),
+        rows.append([run.directory, run_status(run, out, record, queue),
                      record["job_id"] if record else "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -311,19 +490,29 @@ def status_table(runs: list[Run], out: Path) -> str:
 # ---------------------------------------------------------------------- command line
 def check_options(args, runs: list[Run]) -> None:
     """The launcher options fit together and the extras they need are installed."""
-    defaults = {"slurm_time": 1440, "gpus_per_run": 1, "slurm_array_parallelism": 256,
-                "slurm_opt": [], "wait": False, "slurm_partition": None}
     if args.launcher == "local" and not args.status:
-        given = [n for n in SLURM_ONLY if getattr(args, n) != defaults[n]]
+        given = [n for n in SLURM_ONLY if getattr(args, n) != DEFAULTS[n]]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} needs --launcher slurm")
     if args.launcher == "slurm":
         require_submitit()
-        for name in ("slurm_time", "gpus_per_run", "slurm_array_parallelism"):
-            if getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        for name, least in (("slurm_time", 1), ("gpus_per_run", 0),
+                            ("slurm_array_parallelism", 1)):
+            value = getattr(args, name)
+            if value is not None and value < least:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {least}")
     for run in runs:
         tensorboard.check(run.cfg)
+
+
+def status_hint(args, out: Path) -> str:
+    """The command that shows the study's state, with the options that chose its runs."""
+    words = ["batchscale", "study", args.preset, "--out", str(out)]
+    for pair in args.set or []:
+        words += ["--set", pair]
+    if args.seeds is not None:
+        words += ["--seeds", str(args.seeds)]
+    return " ".join(shlex.quote(w) for w in [*words, "--status"])
 
 
 def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
@@ -331,25 +520,48 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
     if args.status:
         print(status_table(runs, out))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    check_private(out)
+    gpus = (args.gpus_per_run if args.gpus_per_run is not None
+            else default_gpus(runs, args.slurm_partition))
+    parallelism = (args.slurm_array_parallelism or study_parallelism(out)
+                   or DEFAULT_PARALLELISM)
+    cpus = max(run_cpus(run, gpus) for run in unique_runs(runs))
+    executor = slurm_executor(out, args.slurm_partition, args.slurm_time, gpus, parallelism,
+                              args.slurm_opt, cpus)
+    created, jobs_folder = not out.exists(), not (out / JOBS_FOLDER).exists()
+    umask = os.umask(0o022)
+    os.umask(umask | 0o022)  # submitit's folder and pickles: not writable by others
+    try:
+        out.mkdir(mode=0o755, parents=True, exist_ok=True)
+        (out / JOBS_FOLDER).mkdir(mode=0o755, exist_ok=True)
+        outcome = submit(runs, out, executor, gpus)
+    except UserError:  # what this command created held nothing before it
+        if created or jobs_folder:
+            shutil.rmtree(out if created else out / JOBS_FOLDER, ignore_errors=True)
+        raise
+    finally:
+        os.umask(umask)
     files.write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
-    executor = slurm_executor(out, args.slurm_partition, args.slurm_time, args.gpus_per_run,
-                              args.slurm_array_parallelism, args.slurm_opt)
-    outcome = submit(runs, out, executor, args.gpus_per_run)
     records = read_jobs(out)
-    for key in ("submitted", "resumed", "queued"):
+    for key in ("submitted", "resumed", "running", "queued"):
         for name in outcome[key]:
             print(f"{name}: {key} (job {records[name]['job_id']})")
     print("runs: " + ", ".join(f"{len(v)} {k}" for k, v in outcome.items()
                                if k != "jobs" and v), flush=True)
     if not args.wait:
-        print(f"follow with: batchscale study {args.preset} --out {out} --status")
+        print(f"follow with: {status_hint(args, out)}")
         return 0
-    for job in outcome.get("jobs", []):
-        job.wait()
+    wait_for_jobs(out, [records[n]["job_id"] for k in ("submitted", "resumed", "running",
+                                                         "queued") for n in outcome[k]])
     print(status_table(runs, out))
     if all(_summary(out / r.directory).get("status") in rundir.FINAL_STATUSES
            for r in unique_runs(runs)):
         print(f"report: {write_report(out)}")
         return 0
     return 1
+
+
+def wait_for_jobs(out: Path, job_ids: list[str], poll_s: float = WAIT_POLL_S) -> None:
+    """Until none of the jobs is queued or running (asked of squeue)."""
+    while any(slurm_queue().get(job_id, ENDED) in ACTIVE_STATES for job_id in job_ids):
+        time.sleep(poll_s)

@@ -283,18 +283,63 @@ def _stop_all(active: list[Active], out: Path, counts: dict, bar) -> None:
 
 
 # ---------------------------------------------------------------------- command line
+def folder_plan(args) -> dict | None:
+    """`<out>/study.yaml` where it decides which runs a command is about: always for --status,
+    and for a --launcher slurm rerun that gives neither --set nor --seeds (the command line
+    then names the preset only)."""
+    if not (args.status or (args.launcher == "slurm" and not args.set and args.seeds is None)):
+        return None
+    if not args.out and not args.preset:
+        return None
+    path = Path(args.out or Path("runs") / args.preset) / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        plan = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    runs = plan.get("runs") if isinstance(plan, dict) else None
+    if (not isinstance(plan, dict) or not isinstance(plan.get("preset"), str)
+            or not isinstance(plan.get("overrides", {}), dict) or not isinstance(runs, list)
+            or not runs or not all(isinstance(r, dict) and isinstance(r.get("seed"), int)
+                                   for r in runs)):
+        raise UserError(f"{path} is not a study plan (preset, overrides, runs)")
+    plan.setdefault("overrides", {})
+    if args.preset and args.preset != plan["preset"]:
+        raise UserError(f"{path.parent} holds a study of preset {plan['preset']}, "
+                        f"not {args.preset}")
+    return plan
+
+
+def check_plan(runs: list[Run], plan: dict, out: Path) -> None:
+    """The preset, expanded with the plan's --set and seeds, gives the plan's runs."""
+    listed = [(r.get("recipe"), r.get("batch_size"), r.get("seed"), r.get("directory"))
+              for r in plan["runs"]]
+    if [(r.recipe, r.batch_size, r.seed, r.directory) for r in runs] != listed:
+        raise UserError(f"preset {plan['preset']} now gives other runs than {out / PLAN_FILE} "
+                        f"lists (was the preset changed?); use another --out")
+
+
 def study_command(args) -> int:
     """`batchscale study`: list, dry-run, or run a preset's sweep and write its report."""
     if args.list:
         print(list_presets())
         return 0
-    if not args.preset:
-        raise UserError("study needs a PRESET (or --list)")
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
-    preset = load_preset(args.preset)
-    overrides = parse_overrides(args.set)
-    runs = expand(preset, args.seeds, overrides, args.jobs)
+    plan = folder_plan(args)
+    if plan is not None:  # the study folder's own plan: preset, --set and --seeds
+        args.preset = plan["preset"]
+        preset, overrides = load_preset(args.preset), plan["overrides"]
+        runs = expand(preset, 1 + max(r["seed"] for r in plan["runs"]), overrides, args.jobs)
+        check_plan(runs, plan, Path(args.out or Path("runs") / args.preset))
+    elif not args.preset:
+        raise UserError(f"{Path(args.out) / PLAN_FILE} does not exist: give the study's PRESET"
+                        if args.status and args.out else "study needs a PRESET (or --list)")
+    else:
+        preset = load_preset(args.preset)
+        overrides = parse_overrides(args.set)
+        runs = expand(preset, args.seeds, overrides, args.jobs)
     check_threads(runs[0].cfg)
     out = Path(args.out or Path("runs") / args.preset)
     if args.dry_run:
