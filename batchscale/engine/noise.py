@@ -246,8 +246,9 @@ class NoiseScaleTracker:
     def row(self) -> dict:
         """The fields a metrics.jsonl row carries."""
         e = self.estimate()
+        error = {} if e.error is None else {"noise_b_simple_error": e.error}  # only a number
         return {"noise_grad_sq": e.grad_sq, "noise_trace_sigma": e.trace_sigma,
-                "noise_b_simple": e.b_simple, "noise_b_simple_error": e.error,
+                "noise_b_simple": e.b_simple, **error,
                 "noise_small_batch": self.small_batch, "noise_big_batch": self.big_batch}
 
 
