@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ class TrainConfig:
                                 "(0 = all)")
     # ---- model ----
     model: str = _opt("resnet18", "resnet18 (CIFAR stem: 3x3 conv, no max-pool) | "
-                                  "resnet18-imagenet (7x7/2 stem + max-pool)",
-                      ("resnet18", "resnet18-imagenet"))
+                                  "resnet18-imagenet (7x7/2 stem + max-pool) | MODULE:FACTORY "
+                                  "(your FACTORY(num_classes) returning an nn.Module; --width "
+                                  "unused)")
     width: int = _opt(64, "channels of the first stage (64 = standard ResNet-18)")
     # ---- optimizer ----
     optimizer: str = _opt("sgd", "sgd | rmsprop | lars (layer-wise trust ratio) | lamb "
@@ -276,6 +278,10 @@ def validate(cfg: TrainConfig) -> None:
         if choices and getattr(cfg, f.name) not in choices:
             raise UserError(f"{f.name} must be one of {', '.join(choices)}, "
                             f"got {getattr(cfg, f.name)!r}")
+    if cfg.model not in ("resnet18", "resnet18-imagenet") and \
+            not re.fullmatch(r"[\w.]+:[\w.]+", cfg.model):
+        raise UserError(f"model must be resnet18, resnet18-imagenet or MODULE:FACTORY, "
+                        f"got {cfg.model!r}")
     positive = ("width", "lr", "base_batch_size", "batch_size", "epochs", "eval_batch_size",
                 "decay_every", "log_every", "noise_scale_every")
     for name in positive:

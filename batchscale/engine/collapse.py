@@ -59,14 +59,38 @@ def accuracy_margin(images: int, classes: int = 10) -> float:
     return max(ACC_MARGIN, SIGMAS * math.sqrt(chance * (1 - chance) / max(images, 1)))
 
 
+def stalled_at_chance(loss: float, accuracy: float, images: int, classes: int = 10) -> bool:
+    """Whether an epoch of `images` training images is at chance: accuracy ≤ 1/classes + margin
+    and loss ≥ ln(classes) − LOSS_MARGIN."""
+    return (accuracy <= 1.0 / classes + accuracy_margin(images, classes)
+            and loss >= math.log(classes) - LOSS_MARGIN)
+
+
 def stalled(row: dict, batch_size: int, classes: int = 10) -> bool:
     """Whether one epoch's row is at chance: accuracy ≤ chance + margin and loss ≥ ln(C) − m."""
     loss, acc = row.get("train_loss"), row.get("train_acc")
     if loss is None or acc is None:
         return False
     images = row["step"] // row["epoch"] * batch_size  # steps per epoch x batch
-    return (acc <= 1.0 / classes + accuracy_margin(images, classes)
-            and loss >= math.log(classes) - LOSS_MARGIN)
+    return stalled_at_chance(loss, acc, images, classes)
+
+
+def stalled_needed(epochs: int) -> int:
+    """How many stalled epochs in a row are a collapse: max(WINDOW, half the budget)."""
+    return max(WINDOW, math.ceil(epochs / 2))
+
+
+class Streaks:
+    """The rule's two counters, fed one judged epoch at a time: `add` returns True when the run
+    has collapsed (WINDOW exploded epochs in a row, or `needed` stalled ones)."""
+
+    def __init__(self, needed: int):
+        self.needed, self.stalled, self.exploded = needed, 0, 0
+
+    def add(self, is_stalled: bool, is_exploded: bool) -> bool:
+        self.stalled = self.stalled + 1 if is_stalled else 0
+        self.exploded = self.exploded + 1 if is_stalled and is_exploded else 0
+        return self.exploded >= WINDOW or self.stalled >= self.needed
 
 
 def collapsed_at(rows: list[dict], cfg, classes: int = 10) -> int | None:
@@ -76,13 +100,10 @@ def collapsed_at(rows: list[dict], cfg, classes: int = 10) -> int | None:
     get = cfg.get if isinstance(cfg, dict) else lambda name: getattr(cfg, name)
     start = first_judged_epoch(get("warmup_epochs"))
     batch_size = get("batch_size")
-    stalled_needed = max(WINDOW, math.ceil(get("epochs") / 2))
-    stalled_run = exploded_run = 0
+    streaks = Streaks(stalled_needed(get("epochs")))
     for row in rows:
         is_stalled = row["epoch"] >= start and stalled(row, batch_size, classes)
-        stalled_run = stalled_run + 1 if is_stalled else 0
-        exploded = is_stalled and row["train_loss"] >= EXPLODED * math.log(classes)
-        exploded_run = exploded_run + 1 if exploded else 0
-        if exploded_run >= WINDOW or stalled_run >= stalled_needed:
+        if streaks.add(is_stalled, is_stalled and
+                       row["train_loss"] >= EXPLODED * math.log(classes)):
             return row["epoch"]
     return None

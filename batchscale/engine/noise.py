@@ -32,15 +32,22 @@ gradient is no sample of the same gradient (at B = 4 without groups the small ba
 image); such a run trains without the noise fields and says so once.
 Batch-norm running statistics are restored afterwards and no random numbers are drawn, so the
 training trajectory is the same as without tracking. Under torchrun the small gradient is each
-worker's local gradient before the all-reduce: `LocalNormHook` reads it, with no extra pass, and
-the workers' squared norms are averaged (b_small = B / workers, b_big = B); each worker's batch
-norm is over its own images, so both are gradients of one function.
+worker's local gradient before the all-reduce: `BackwardNorms` (tensor hooks on the parameters)
+reads it, with no extra pass, and the workers' squared norms are averaged (b_small = B / workers,
+b_big = B); each worker's batch norm is over its own images, so both are gradients of one
+function.
+
+The estimator (`NoiseScaleTracker`: moving averages, the ratio, its error bar, "undefined" when
+|G|² ≤ 0) and the hooks are the one implementation behind both the engine's tracking and the
+public `batchscale.NoiseScale` (batchscale/api.py, docs/api.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -79,17 +86,96 @@ def measured_batches(group_size: int, batch_size: int) -> tuple[int, int, bool]:
     return small, small * (batch_size // small), True
 
 
+ERROR_WINDOW = 256  # the error bar's observations: the last min(span, this) of them
+
+
+def span_of(decay: float) -> float:
+    """The number of observations an exponential moving average with this decay spans:
+    decay = 1 - 2 / (span + 1), and its variance is that of a mean of `span` observations."""
+    return 2.0 / (1.0 - decay) - 1.0 if decay < 1 else math.inf
+
+
+def effective_count(decay: float, count: int) -> float:
+    """How many independent observations the bias-corrected moving average of `count` equally
+    noisy ones is worth: (sum of its weights)² / (sum of their squares)."""
+    if count <= 0:
+        return 0.0
+    if decay >= 1:
+        return float(count)
+    total = 1.0 - decay ** count
+    squares = (1.0 - decay) * (1.0 - decay ** (2 * count)) / (1.0 + decay)
+    return total * total / squares
+
+
+def jackknife_ratio_error(numerator, denominator) -> float | None:
+    """The delete-one jackknife standard error of sum(numerator) / sum(denominator) (float
+    sequences of equal length); None with fewer than two values or a leave-one-out sum ≤ 0."""
+    n = len(numerator)
+    if n < 2:
+        return None
+    total_n, total_d = math.fsum(numerator), math.fsum(denominator)
+    ratios = []
+    for a, b in zip(numerator, denominator, strict=True):
+        if not total_d - b > 0:
+            return None
+        ratios.append((total_n - a) / (total_d - b))
+    mean = math.fsum(ratios) / n
+    return math.sqrt((n - 1) / n * math.fsum((r - mean) ** 2 for r in ratios))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One reading of the noise scale. `b_simple` is None when it is undefined (the smoothed
+    |G|² ≤ 0: the gradient is not resolved above its noise, and no number would mean anything)
+    or before the first observation; `error` is a standard error (jackknife over the recent
+    observations, scaled to the moving average's effective number of them), None with fewer
+    than two observations or where the jackknife is itself undefined."""
+
+    b_simple: float | None
+    error: float | None
+    grad_sq: float | None
+    trace_sigma: float | None
+    small_batch: int
+    big_batch: int
+    observations: int
+
+    @property
+    def defined(self) -> bool:
+        return self.b_simple is not None
+
+    def __str__(self) -> str:
+        if self.observations == 0:
+            return "B_simple: not measured yet"
+        if self.b_simple is None:
+            return (f"B_simple undefined: |G|² = {self.grad_sq:.3g} <= 0 after "
+                    f"{self.observations} observations (the gradient is not resolved above its "
+                    f"noise at b_small {self.small_batch} / b_big {self.big_batch})")
+        error = "" if self.error is None else f" ± {self.error:.2g}"
+        return (f"B_simple = {self.b_simple:.4g}{error} (b_small {self.small_batch}, b_big "
+                f"{self.big_batch}, {self.observations} observations)")
+
+
 class NoiseScaleTracker:
-    """EMA-smoothed |G|² and tr(Σ); its state is a dict of tensors updated in place, so that
-    the dict kept in the training position (and its checkpoint) is always current."""
+    """The noise-scale estimator: EMA-smoothed |G|² and tr(Σ) from pairs of squared gradient
+    norms, their ratio B_simple, and its error bar. The engine (`attach`) and the public API
+    (`batchscale.NoiseScale`) both feed this one class.
+
+    Its state is a dict of tensors updated in place (no host synchronization per step), so that
+    the dict kept in the training position (and its checkpoint) is always current; `recent`
+    holds the last observations for the error bar."""
 
     def __init__(self, small_batch: int, big_batch: int, decay: float, state: dict | None = None,
                  every: int = 1, every_group: bool = False):
         self.small_batch, self.big_batch, self.decay = small_batch, big_batch, decay
         self.every_group = every_group  # whole-batch BN: measure each quarter (see the top)
         self.state = state if state is not None else self.fresh_state()
+        window = int(min(ERROR_WINDOW, max(2, round(span_of(decay)))))
+        recent = self.state.get("recent")  # absent from checkpoints older than the error bar
+        if recent is None or len(recent) != window:
+            self.state["recent"] = torch.full((window, 2), math.nan, dtype=torch.float64,
+                                              device=self.state["grad_sq"].device)
         self.every = every
-        self.hook: LocalNormHook | None = None  # under torchrun: the workers' local norms
+        self.hook: BackwardNorms | None = None  # under torchrun: the workers' local norms
 
     def due(self) -> bool:
         """Count a training step; True on the first and then on every `every`-th."""
@@ -104,35 +190,66 @@ class NoiseScaleTracker:
                 "count": 0, "steps": 0}
 
     def to(self, device) -> NoiseScaleTracker:
-        for key in ("grad_sq", "trace_sigma", "weight"):
+        for key in ("grad_sq", "trace_sigma", "weight", "recent"):
             self.state[key] = self.state[key].to(device)
         return self
 
-    def observe(self, small_sq, big_sq) -> None:
-        """One step's squared norms (tensors; no host synchronization)."""
+    def observe(self, small_sq, big_sq, valid: torch.Tensor | None = None) -> None:
+        """One step's squared norms (float64 tensors; no host synchronization). With `valid` (a
+        boolean tensor) an observation whose `valid` is False leaves the averages as they were
+        (an AMP step whose gradients overflowed)."""
         grad_sq, trace_sigma = unbiased_estimates(small_sq, self.small_batch, big_sq,
                                                   self.big_batch)
         keep = self.decay
-        for key, value in (("grad_sq", grad_sq), ("trace_sigma", trace_sigma)):
-            self.state[key].mul_(keep).add_((1 - keep) * value)
-        self.state["weight"].mul_(keep).add_(1 - keep)  # bias correction, as in Adam
+        if valid is None:
+            for key, value in (("grad_sq", grad_sq), ("trace_sigma", trace_sigma)):
+                self.state[key].mul_(keep).add_((1 - keep) * value)
+            self.state["weight"].mul_(keep).add_(1 - keep)  # bias correction, as in Adam
+        else:
+            for key, value in (("grad_sq", grad_sq), ("trace_sigma", trace_sigma),
+                               ("weight", None)):
+                moved = self.state[key] * keep + (1 - keep) * (1.0 if value is None else value)
+                self.state[key].copy_(torch.where(valid, moved, self.state[key]))
+            grad_sq = torch.where(valid, grad_sq, math.nan)
+        recent = self.state["recent"]
+        recent[self.state["count"] % len(recent)] = torch.stack(
+            [torch.as_tensor(grad_sq, dtype=torch.float64),
+             torch.as_tensor(trace_sigma, dtype=torch.float64)]).to(recent.device)
         self.state["count"] += 1
 
-    def values(self) -> dict:
-        """The smoothed estimates and their ratio (None before the first step)."""
+    def estimate(self) -> Estimate:
+        """The smoothed estimates, their ratio and its error (one host synchronization)."""
+        count = self.state["count"]
         weight = self.state["weight"].item()
         if weight == 0:
-            return {"noise_grad_sq": None, "noise_trace_sigma": None, "noise_b_simple": None}
+            return Estimate(None, None, None, None, self.small_batch, self.big_batch, count)
         grad_sq = self.state["grad_sq"].item() / weight
         trace_sigma = self.state["trace_sigma"].item() / weight
-        ratio = trace_sigma / grad_sq if grad_sq > 0 else None
-        return {"noise_grad_sq": grad_sq, "noise_trace_sigma": trace_sigma,
-                "noise_b_simple": ratio}
+        if not grad_sq > 0:
+            return Estimate(None, None, grad_sq, trace_sigma, self.small_batch, self.big_batch,
+                            count)
+        rows = self.state["recent"][:min(count, len(self.state["recent"]))]
+        rows = rows[torch.isfinite(rows).all(1)].tolist()
+        error = jackknife_ratio_error([t for _, t in rows], [g for g, _ in rows])
+        if error is not None:  # the error of a mean of len(rows), scaled to the average's
+            error *= math.sqrt(len(rows) / effective_count(self.decay, count))
+        return Estimate(trace_sigma / grad_sq, error, grad_sq, trace_sigma, self.small_batch,
+                        self.big_batch, count)
+
+    def values(self) -> dict:
+        """The smoothed estimates and their ratio (None before the first step, and the ratio
+        None where |G|² ≤ 0)."""
+        e = self.estimate()
+        return {"noise_grad_sq": e.grad_sq, "noise_trace_sigma": e.trace_sigma,
+                "noise_b_simple": e.b_simple}
 
     def row(self) -> dict:
         """The fields a metrics.jsonl row carries."""
-        return {**self.values(), "noise_small_batch": self.small_batch,
-                "noise_big_batch": self.big_batch}
+        e = self.estimate()
+        error = {} if e.error is None else {"noise_b_simple_error": e.error}  # only a number
+        return {"noise_grad_sq": e.grad_sq, "noise_trace_sigma": e.trace_sigma,
+                "noise_b_simple": e.b_simple, **error,
+                "noise_small_batch": self.small_batch, "noise_big_batch": self.big_batch}
 
 
 # ---------------------------------------------------------------------- the training hook
@@ -158,8 +275,7 @@ def attach(setup, position) -> NoiseScaleTracker | None:
     tracker = NoiseScaleTracker(small, big, decay, position.noise_state, cfg.noise_scale_every,
                                 every_group).to(setup.device)
     if workers > 1:
-        tracker.hook = LocalNormHook(setup.model.parameters())
-        setup.train_model.register_comm_hook(tracker.hook, LocalNormHook.__call__)
+        tracker.hook = BackwardNorms(setup.model.parameters())
     return tracker
 
 
@@ -184,14 +300,25 @@ def after_backward(tracker: NoiseScaleTracker, model: nn.Module, images: torch.T
     averaged over the workers, one scalar all-reduce); in one process one group is recomputed."""
     due = tracker.due()
     if tracker.hook is not None:
-        local_sq = tracker.hook.take()  # taken every step, so the next one starts from zero
+        local_sq, _ = tracker.hook.take()  # taken every step, so the next one starts from zero
         if due:
-            dist.all_reduce(local_sq)
-            local_sq /= dist.get_world_size()
-            params = [p for p in model.parameters() if p.requires_grad]
-            tracker.observe(local_sq, squared_norm([p.grad for p in params]).to(local_sq))
+            observe_reduced(tracker, local_sq, model.parameters())
     elif due:
         observe_step(tracker, model, images, labels, loss_of)
+
+
+def observe_reduced(tracker: NoiseScaleTracker, local_sq: torch.Tensor, parameters,
+                    scale: torch.Tensor | float = 1.0, big_scale: torch.Tensor | float = 1.0,
+                    valid: torch.Tensor | None = None) -> None:
+    """Under DDP, after the all-reduce: the workers' local squared norms averaged (one scalar
+    all-reduce) are the small batch, the reduced `p.grad` the big one. Both are divided by their
+    squares of `scale` (`big_scale`): AMP's loss scale, 1 without it."""
+    dist.all_reduce(local_sq)
+    local_sq /= dist.get_world_size()
+    big_sq = squared_norm([p.grad for p in parameters if p.requires_grad]).to(local_sq)
+    if valid is not None:  # an overflowed AMP step (on any worker): left out
+        valid = valid & torch.isfinite(local_sq) & torch.isfinite(big_sq)
+    tracker.observe(local_sq / scale ** 2, big_sq / big_scale ** 2, valid)
 
 
 def observe_step(tracker: NoiseScaleTracker, model: nn.Module, images: torch.Tensor,
@@ -238,35 +365,47 @@ def parts_squared_norms(model: nn.Module, loss_of, images, labels, small: int):
     return small_sq / parts, squared_norm([t / parts for t in total]).to(small_sq)
 
 
-# ---------------------------------------------------------------------- under torchrun
-class LocalNormHook:
-    """A DDP communication hook that adds each bucket's local (pre-all-reduce) squared norm to
-    `local_sq` before averaging as DDP does by default; `attach` registers it with
-    `ddp_model.register_comm_hook(hook, LocalNormHook.__call__)` and `after_backward` reads
-    `take()`. Then the per-worker gradient is the small batch, the reduced one the big batch.
+# ---------------------------------------------------------------------- each backward's own
+class BackwardNorms:
+    """The squared norm of each backward pass's own gradient, read by tensor hooks on the
+    parameters before autograd adds it into `p.grad`: under DDP that is the worker's local
+    gradient before the all-reduce (the small batch, at no extra pass), and with gradient
+    accumulation each micro-batch's gradient. `take()` returns (Σ over the passes since the last
+    take of |g_pass|², the number of passes) and starts again from zero.
 
     The squared norm is kept per parameter and summed in the model's parameter order, so it does
-    not depend on how DDP groups parameters into buckets (it regroups them after the first step,
-    and a restarted group starts from the first grouping again)."""
+    not depend on the order autograd reaches them in, nor on how DDP buckets them. Parameters
+    without `requires_grad` are not hooked; one that a pass does not use contributes zero.
+    `active` False makes the hooks ignore passes (steps that are not measured)."""
 
-    def __init__(self, parameters=()):
-        self.position = {id(p): i for i, p in enumerate(parameters)}
-        self.parts: dict[int, torch.Tensor] = {}
+    def __init__(self, parameters):
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.parts: list[torch.Tensor | None] = [None] * len(self.parameters)
+        self.calls = [0] * len(self.parameters)
+        self.active = True
+        self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.parameters)]
 
-    def take(self) -> torch.Tensor | None:
-        if not self.parts:
-            return None
-        parts, self.parts = self.parts, {}
-        total = parts[min(parts)]
-        for key in sorted(parts)[1:]:
-            total = total + parts[key]
-        return total
+    def _hook(self, index: int):
+        def hook(gradient: torch.Tensor) -> None:
+            if self.active:
+                square = gradient.detach().double().square().sum()
+                part = self.parts[index]
+                self.parts[index] = square if part is None else part + square
+                self.calls[index] += 1
+        return hook
 
-    def __call__(self, bucket):
-        buffer = bucket.buffer()
-        for parameter, gradient in zip(bucket.parameters(), bucket.gradients(), strict=True):
-            key = self.position.get(id(parameter), len(self.position) + len(self.parts))
-            self.parts[key] = gradient.detach().double().square().sum()
-        buffer.div_(dist.get_world_size())
-        return dist.all_reduce(buffer, async_op=True).get_future().then(
-            lambda fut: fut.value()[0])
+    def take(self) -> tuple[torch.Tensor | None, int]:
+        present = [part for part in self.parts if part is not None]
+        passes = max(self.calls)
+        self.parts, self.calls = [None] * len(self.parameters), [0] * len(self.parameters)
+        if not present:
+            return None, 0
+        total = present[0]
+        for part in present[1:]:
+            total = total + part
+        return total, passes
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []

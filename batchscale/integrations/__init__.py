@@ -1,0 +1,2 @@
+"""Integrations with training frameworks: `batchscale.integrations.lightning` (PyTorch
+Lightning, the optional extra `batchscale[lightning]`)."""

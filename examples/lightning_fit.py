@@ -1,0 +1,55 @@
+"""PyTorch Lightning with batchscale's callback: the noise scale on the trainer's loggers and a
+stop when the run collapses (`pip install 'batchscale[lightning]'`). The small batches are the
+micro-batches of `accumulate_grad_batches=2` (under a DDP strategy: the workers' own gradients).
+
+    python examples/lightning_fit.py [LOG_DIR]      # metrics in LOG_DIR/.../metrics.csv
+"""
+
+import sys
+import tempfile
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from batchscale.integrations.lightning import BatchscaleCallback
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, inputs: int, classes: int, lr: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(inputs, 64), nn.ReLU(), nn.Linear(64, classes))
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def main(log_dir: str, lr: float = 0.05, epochs: int = 4) -> BatchscaleCallback:
+    torch.manual_seed(0)
+    classes, inputs = 4, 20
+    labels = torch.randint(0, classes, (2048,))
+    images = torch.randn(classes, inputs)[labels] + 2.0 * torch.randn(2048, inputs)
+    data = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
+    callback = BatchscaleCallback(classes=classes, span=32)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1,
+                         accumulate_grad_batches=2, log_every_n_steps=8,
+                         logger=pl.loggers.CSVLogger(log_dir), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback])
+    trainer.fit(Classifier(inputs, classes, lr), data)
+    print(callback.noise.estimate(), "collapsed" if callback.monitor.collapsed else "")
+    return callback
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
