@@ -1,5 +1,8 @@
-"""`batchscale advise`: the lr range test on a quadratic whose divergence threshold is known, the
-step-efficiency arithmetic by hand, the verdicts, a tiny end-to-end probe, and bad --batches."""
+"""`batchscale advise`: the held-peak trial and its log bisection on quadratics whose stability
+boundary is known (GD is stable iff lr < 2/λ_max; heavy ball iff lr < 2(1+β)/λ_max), the trial
+judgement and verdicts by hand, the largest positive Hessian eigenvalue on a known spectrum with
+negative eigenvalues, a default-budget run of a short recipe, the --out checks and a plot of
+values that cannot be log-scaled."""
 
 from __future__ import annotations
 
@@ -9,135 +12,235 @@ import math
 import pytest
 import torch
 
-from batchscale.analysis import advise_report, advise_rules
+from batchscale.analysis import advise, advise_report, advise_rules, hessian
 from batchscale.cli import main
 
+PASS = advise_rules.TrialJudgement(False, "", 1.0, 0.5, None)
+FAIL = advise_rules.TrialJudgement(True, "no progress", 1.0, 2.0, None)
 
-# ---------------------------------------------------------------------- the range test
-def noisy_quadratic(beta: float, curvatures: list[float], noise: float, seed: int = 0):
-    """Heavy-ball SGD (torch's) on f(x) = ½ Σ λ_i x_i² with Gaussian gradient noise: the
-    `step(lr) -> loss` of a range test. Its iteration diverges exactly when lr·λ_max ≥ 2(1+β)."""
-    generator = torch.Generator().manual_seed(seed)
+
+# ---------------------------------------------------------------------- trials and bisection
+def quadratic_trial(curvatures: list[float], beta: float, steps: int = 200):
+    """A held-peak trial on f(x) = ½ Σ λ_i x_i² from x = 1 with torch's heavy-ball SGD: it fails
+    when the loss after `steps` steps at lr is not below the loss at the start (the loss-progress
+    test) or is non-finite. Its boundary is lr = 2(1+β)/λ_max, computed independently."""
     lam = torch.tensor(curvatures, dtype=torch.float64)
-    x = torch.ones(len(curvatures), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.SGD([x], lr=1.0, momentum=beta)
 
-    def step(lr: float) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad()
-        loss = 0.5 * (lam * x * x).sum()
-        loss.backward()
-        x.grad += noise * torch.randn(len(curvatures), generator=generator, dtype=torch.float64)
-        optimizer.step()
-        return loss.item()
+    def trial(lr: float) -> advise_rules.TrialJudgement:
+        x = torch.ones(len(curvatures), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([x], lr=lr, momentum=beta)
+        start = 0.5 * (lam * x * x).sum().item()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = 0.5 * (lam * x * x).sum()
+            loss.backward()
+            optimizer.step()
+        end = 0.5 * (lam * x * x).sum().item()
+        failed = not math.isfinite(end) or end >= start
+        return advise_rules.TrialJudgement(failed, "no progress" if failed else "", start, end,
+                                           None)
 
-    return step
+    return trial
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
-def test_range_test_finds_the_heavy_ball_threshold_of_a_quadratic(beta):
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+@pytest.mark.parametrize("peak_over_boundary", [0.3, 0.9, 1.7, 6.0])
+def test_bisection_brackets_the_known_boundary_of_a_quadratic(beta, peak_over_boundary):
     curvatures = [10.0, 1.0, 0.1]
-    threshold = 2 * (1 + beta) / max(curvatures)
-    result = advise_rules.range_test(noisy_quadratic(beta, curvatures, noise=1.0), threshold / 10,
-                               threshold * 10, 200)
-    assert result.diverged and result.ratio == pytest.approx(100 ** (1 / 199))
-    steps_off = math.log(result.stable_lr / threshold) / math.log(result.ratio)
-    # within the ramp's resolution: one step below, up to the detection lag above it
-    # (DIVERGE_PATIENCE steps over the limit + the growth from the noise floor to the limit)
-    assert -1 <= steps_off <= advise_rules.DIVERGE_PATIENCE + 5, steps_off
-    assert result.diverge_lr == pytest.approx(result.stable_lr * result.ratio)
-    assert result.diverge_lr == result.lrs[len(result.losses) - advise_rules.DIVERGE_PATIENCE]
-    assert len(result.losses) < 200  # it stopped at divergence
+    boundary = 2 * (1 + beta) / max(curvatures)
+    peak = peak_over_boundary * boundary
+    bracket = advise_rules.bracket_search(quadratic_trial(curvatures, beta), peak)
+    assert bracket.low < boundary <= bracket.high  # the boundary is inside the bracket
+    assert bracket.high / bracket.low == pytest.approx(math.sqrt(2))  # refined to √2
+    assert bracket.trials[0]["lr"] == peak  # the recipe's peak is tried first
+    # factor 2 steps first (from the peak), then one √2 step
+    assert all(t["lr"] / peak in {2.0 ** k for k in range(-4, 4)}
+               for t in bracket.trials[:-1])
+    state, margin, _ = advise_rules.verdict(peak, bracket.low, bracket.high)
+    assert state == ("stable" if peak < boundary else "diverges")
+    assert margin == pytest.approx((bracket.low if peak < boundary else bracket.high) / peak)
 
 
-def test_range_test_below_the_threshold_reports_a_lower_bound():
-    threshold = 2 * 1.9 / 10.0
-    result = advise_rules.range_test(noisy_quadratic(0.9, [10.0], noise=1.0), threshold / 100,
-                               threshold / 2, 50)
-    assert not result.diverged and result.diverge_lr is None
-    assert result.stable_lr == pytest.approx(threshold / 2) and len(result.losses) == 50
+def test_bisection_stops_at_its_limits_and_at_the_budget():
+    always = advise_rules.bracket_search(lambda lr: PASS, 1.0)
+    assert always.low == advise_rules.UP_LIMIT and always.high is None
+    assert [t["lr"] for t in always.trials] == [1.0, 2.0, 4.0, 8.0]
+    never = advise_rules.bracket_search(lambda lr: FAIL, 1.0)
+    assert never.low is None and never.high == 1 / advise_rules.DOWN_LIMIT
+    assert advise_rules.verdict(1.0, never.low, never.high)[0] == "diverges"
+    left = iter([True, True, False])
+    budgeted = advise_rules.bracket_search(lambda lr: PASS, 1.0, afford=lambda: next(left))
+    assert len(budgeted.trials) == 2 and budgeted.high is None
 
 
-def test_step_divergence_criterion():
-    assert advise_rules.step_diverged([1.0, float("nan")], reference=10.0)
-    assert advise_rules.step_diverged([1.0, 2.1, 2.2, 2.3], reference=1.0)
-    assert advise_rules.step_diverged([1.0, 2.1, 1.9, 2.3], reference=1.0)  # mean 2.1 > 2
-    assert not advise_rules.step_diverged([1.0, 2.1, 1.5, 2.3], reference=1.0)  # mean 1.97
-    assert not advise_rules.step_diverged([2.1, 2.2], reference=1.0)  # fewer than 3 steps
-    assert not advise_rules.step_diverged([], reference=1.0)
-    # a classifier that started better than chance collapses at chance, before 2× its start
-    assert advise_rules.step_diverged([1.8, 2.4, 2.35, 2.4], reference=1.8, chance=math.log(10))
-    assert not advise_rules.step_diverged([1.8, 2.4, 2.35, 2.4], reference=1.8)
-    assert advise_rules.patience_at(4) == 16 and advise_rules.patience_at(256) == 3
+def test_verdicts_by_hand():
+    assert advise_rules.verdict(0.5, 0.5, 1.0)[:2] == ("stable", pytest.approx(1.0))
+    assert advise_rules.verdict(0.25, 0.5, 1.0)[:2] == ("stable", pytest.approx(2.0))
+    assert advise_rules.verdict(1.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(1.0))
+    assert advise_rules.verdict(4.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(0.25))
+    assert advise_rules.verdict(0.7, 0.5, 1.0)[0] == "at risk"  # inside the bracket
+    assert advise_rules.verdict(0.5, None, None)[0] == "at risk"  # untested
+    assert advise_rules.verdict(0.5, 0.5, None, safety=2.0)[0] == "at risk"
+    assert advise_rules.verdict(0.25, 0.5, None, safety=2.0)[0] == "stable"
 
 
-# ---------------------------------------------------------------------- step efficiency
-def test_steps_and_images_by_hand():
-    # B_noise 100, a base run of 1,100 steps at B0 = 10: S_min = 1100 / (1 + 10) = 100,
-    # E_min = 100 × 100 = 10,000
-    s_min, e_min = advise_rules.minima_from_base(1100, 10, 100)
-    assert (s_min, e_min) == pytest.approx((100, 10_000))
-    assert advise_rules.steps_needed(s_min, 100, 10) == pytest.approx(1100)
-    assert advise_rules.steps_needed(s_min, 100, 50) == pytest.approx(300)  # 100 × (1 + 2)
-    assert advise_rules.images_needed(e_min, 100, 50) == pytest.approx(15_000)  # 300 × 50
-    assert advise_rules.steps_needed(s_min, 100, 1000) == pytest.approx(110)
-    assert advise_rules.images_needed(e_min, 100, 1000) == pytest.approx(110_000)
+def test_trial_shape_by_hand():
+    # the warmup ramp from the base rate 0.1 towards the peak 0.5 in 4 steps, then 3 at the peak
+    assert advise_rules.trial_rates(0.1, 0.5, 4, 3) == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5])
+    assert advise_rules.trial_rates(0.1, 0.5, 0, 2) == [0.5, 0.5]  # no warmup
+    assert advise_rules.ramp_steps(125) == advise_rules.RAMP_STEPS
+    assert advise_rules.ramp_steps(7) == 7
+    hold = advise_rules.hold_steps
+    assert hold(1000, 10_000) == advise_rules.HOLD_MAX
+    assert hold(2, 10_000) == advise_rules.HOLD_MIN
+    assert hold(1000, 5) == 5 and hold(1000, 1) == 3  # never more than the recipe holds it
+    assert advise_rules.window_steps(8) == 8 and advise_rules.window_steps(128) == 3
 
 
-def test_predicted_time_is_images_over_throughput():
-    rows = [{"batch": 10, "images_per_s": 100.0}, {"batch": 50, "images_per_s": 300.0}]
-    advise_rules.predictions(rows, 10, 1100, {"b_noise": 100.0, "b_noise_error": 0.0})
-    assert rows[0]["predicted_images"] == pytest.approx(11_000)
-    assert rows[0]["predicted_time_s"] == pytest.approx(110)  # 11,000 / 100
-    assert rows[1]["predicted_time_s"] == pytest.approx(50)  # 15,000 / 300
-    assert rows[1]["predicted_time_range_s"] == pytest.approx([50, 50])
+def test_trial_judgement_by_hand():
+    judge = advise_rules.judge_trial
+    chance = math.log(10)
+    # progress and well above chance accuracy: passed
+    assert not judge([2.3, 2.2, 2.1], [0.2, 0.3, 0.3], 128, 10, 2.30, 2.0).failed
+    # a non-finite step loss, or a non-finite end loss
+    assert judge([2.3, float("nan")], [0.1, 0.1], 128, 10, 2.3, 2.0).why == "nonfinite"
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.3, float("inf")).why == "nonfinite"
+    # the last window (3 steps at B = 128) at chance: accuracy ≤ 0.1 + 0.02, loss ≥ ln 10 − 0.02
+    at_chance = judge([2.0, 2.0, chance, chance, chance], [0.3, 0.3, 0.11, 0.1, 0.1], 128, 10,
+                      2.3, 2.2)
+    assert at_chance.failed and at_chance.why == "collapse"
+    # the same losses but accuracy 0.2: not at chance; the fixed sample's loss fell: passed
+    assert not judge([2.0, 2.0, chance, chance, chance], [0.2] * 5, 128, 10, 2.3, 2.2).failed
+    # no progress on the fixed sample
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.0).why == "no progress"
+    # at B = 8 the window is 8 steps (64 images), the accuracy margin 3σ = 0.1125
+    window = [chance] * 8
+    assert judge([1.0] * 4 + window, [0.5] * 4 + [0.2] * 8, 8, 10, 2.3, 2.2).why == "collapse"
+    assert not judge([1.0] * 4 + window, [0.5] * 4 + [0.25] * 8, 8, 10, 2.3, 2.2).failed
 
 
-def test_jackknife_ratio_by_hand():
-    ratio, error = advise_rules.jackknife_ratio([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
-    # leave-one-out ratios 2.5, 2, 1.5: sqrt(2/3 × 0.5)
-    assert ratio == pytest.approx(2.0) and error == pytest.approx(math.sqrt(1 / 3))
+# ---------------------------------------------------------------------- curvature
+def known_quadratic(eigenvalues: list[float], seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), dtype=torch.float64,
+                                       generator=generator))
+    matrix = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+    x = torch.randn(len(eigenvalues), dtype=torch.float64, generator=generator,
+                    requires_grad=True)
+    # the loss as two weighted chunks, as the probe feeds it
+    return (lambda: [(0.5 * x @ matrix @ x, 0.5), (0.5 * x @ matrix @ x, 0.5)]), x
 
 
-def test_verdicts_and_margins():
-    diverged = {"diverged": True, "stable_lr": 0.3, "diverge_lr": 0.33}
-    assert advise_rules.verdict(0.4, diverged, None)[:2] == ("diverges", pytest.approx(0.75))
-    assert advise_rules.verdict(0.25, diverged, None)[0] == "at risk"  # within SAFETY of 0.3
-    assert advise_rules.verdict(0.1, diverged, None)[:2] == ("stable", pytest.approx(3.0))
-    assert advise_rules.verdict(0.1, diverged, bound_lr=0.05)[0] == "at risk"  # over the bound
-    assert advise_rules.verdict(0.1, None, None)[0] == "at risk"  # untested
+def test_largest_positive_eigenvalue_where_the_largest_magnitude_is_negative():
+    spectrum = [-8.0, -3.0, -1.0, 0.0, 0.5, 2.0, 5.0]
+    chunks, x = known_quadratic(spectrum)
+    power = hessian.top_eigenvalue(chunks, [x], tol=1e-10, max_iters=2000)
+    assert power.eigenvalue == pytest.approx(-8.0, rel=1e-4)  # what the old probe reported
+    result = hessian.top_positive_eigenvalue(chunks, [x], tol=1e-8, max_iters=20)
+    assert result.converged and result.eigenvalue == pytest.approx(5.0, rel=1e-8)
+    assert result.smallest == pytest.approx(-8.0, rel=1e-8)
+    assert result.residual <= 1e-8 * 5.0 and result.iterations <= len(spectrum)
+    # too few iterations: a lower estimate, and it says it did not converge
+    short = hessian.top_positive_eigenvalue(chunks, [x], tol=1e-12, max_iters=2)
+    assert not short.converged and short.eigenvalue < 5.0 and short.iterations == 2
+
+
+def test_largest_eigenvalue_of_a_negative_definite_hessian_is_negative():
+    chunks, x = known_quadratic([-4.0, -2.0, -0.5])
+    result = hessian.top_positive_eigenvalue(chunks, [x], tol=1e-10, max_iters=10)
+    assert result.converged and result.eigenvalue == pytest.approx(-0.5, rel=1e-8)
 
 
 # ---------------------------------------------------------------------- the command
-def test_a_tiny_advise_run_writes_well_formed_files(tmp_path, capsys):
+SHORT = ["--dataset", "sample", "--width", "4", "--train-subset", "256", "--base-batch-size",
+         "8", "--lr", "0.02", "--scale-rule", "linear", "--warmup-epochs", "1", "--epochs", "2",
+         "--threads", "1", "--seed", "3"]
+
+
+def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
     out = tmp_path / "advice"
-    code = main(["advise", "--dataset", "sample", "--width", "4", "--train-subset", "256",
-                 "--base-batch-size", "8", "--lr", "0.02", "--scale-rule", "linear",
-                 "--warmup-epochs", "1", "--epochs", "50", "--threads", "1", "--seed", "3",
-                 "--batches", "8,32", "--out", str(out), "--quiet"])
-    assert code == 0
+    assert main(["advise", *SHORT, "--batches", "8,32", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / advise_report.RESULT_JSON).read_text())
-    assert record["budget_images"] == 256 * 50 // 10
+    assert record["budget_default"] and record["budget_images"] >= 256 * 2 // 10
+    assert record["budget_images"] >= record["budget_needed_first_trials"]
     assert 0 < record["probe_images"] <= record["budget_images"]
     assert sum(record["probe_pieces"].values()) == record["probe_images"]
     assert [row["batch"] for row in record["rows"]] == [8, 32]
     for row in record["rows"]:
+        assert row["trials"], row  # every batch got at least its first trial
+        assert row["trials"][0]["lr"] == pytest.approx(row["peak_lr"])
+        assert row["peak_lr"] == pytest.approx(0.02 * row["batch"] / 8)
         assert row["verdict"] in ("stable", "at risk", "diverges")
         assert row["images_per_s"] > 0 and row["memory_mb"] > 0
-        assert row["peak_lr"] == pytest.approx(0.02 * row["batch"] / 8)
-    tested = record["rows"][0]["range_test"]
-    assert tested is not None and len(tested["lrs"]) == len(tested["losses"])
-    assert record["rows"][1]["range_test"] is None  # 32 did not fit the budget: said so
+        assert len(row["curves"]) == len(row["trials"])
+        state = advise_rules.verdict(row["peak_lr"], row["bracket_low"], row["bracket_high"])
+        assert row["verdict"] == state[0]
     assert record["curvature"]["lambda_max"] is not None
-    assert record["advice"]["batch"] in (8, 32)
+    assert record["curvature"]["method"] == "Lanczos" and record["curvature"]["iterations"] > 0
+    assert record["noise"]["measurements"] > 0 or record["noise"]["why_not"]
+    assert all("predicted_steps" not in row for row in record["rows"])  # removed
     text = (out / advise_report.RESULT_MD).read_text()
-    assert "## Advice" in text and "cannot know" in text and "Not tested (budget): B = 32" in text
+    assert "## Advice" in text and "cannot know" in text and "A *trial* at B" in text
     assert (out / advise_report.RESULT_PNG).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert printed.startswith("| B |") and "advice: B = " in printed
-    # a second run does not silently replace the advice
-    assert main(["advise", "--batches", "8", "--out", str(out), "--quiet"]) == 2
+
+
+def test_a_budget_without_room_for_every_first_trial_names_the_batch(tmp_path):
+    from batchscale.config import from_dict
+    from batchscale.engine.setup import build
+    cfg = from_dict({"dataset": "sample", "width": 4, "train_subset": 256, "base_batch_size": 8,
+                     "batch_size": 8, "lr": 0.02, "scale_rule": "linear", "warmup_epochs": 1,
+                     "epochs": 2, "threads": 1, "seed": 3})
+    plan = advise.plan_probe(cfg, [8, 64], 256)
+    budget = plan.fixed_images(8) + plan.trial_images(8)  # room for B = 8's first trial only
+    record = advise.probe(build(cfg, progress=False), [8, 64], budget)
+    small, large = record["rows"]
+    assert len(small["trials"]) == 1 and large["trials"] == []
+    assert large["verdict"] == "at risk" and "no trial at B = 64" in large["reason"]
+    assert f"--budget-images {plan.needed(8)}" in large["reason"]
+    with pytest.raises(advise.UserError, match="too small"):
+        advise.probe(build(cfg, progress=False), [8, 64], plan.fixed_images(8) - 1)
+
+
+def no_build(*args, **kwargs):
+    raise AssertionError("the probe started before --out was checked")
+
+
+@pytest.mark.parametrize("case", ["file", "under-a-file", "advice-exists"])
+def test_out_is_checked_before_anything_is_computed(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.setattr(advise, "build", no_build)
+    target = tmp_path / "target"
+    if case == "file":
+        target.write_text("mine")
+        out = target
+    elif case == "under-a-file":
+        target.write_text("mine")
+        out = target / "advice"
+    else:
+        target.mkdir()
+        (target / advise_report.RESULT_MD).write_text("mine")
+        out = target
+    code = main(["advise", *SHORT, "--batches", "8", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(target) in err
+    assert "Traceback" not in err
+    if case == "advice-exists":
+        assert (target / advise_report.RESULT_MD).read_text() == "mine"
+    else:
+        assert target.read_text() == "mine"
+
+
+def test_the_plot_survives_values_that_cannot_be_log_scaled(tmp_path):
+    row = {"batch": 8, "peak_lr": 0.0, "curves": [
+        {"losses": [float("nan"), float("inf")], "failed": True},
+        {"losses": [], "failed": False}],
+        "trials": [{"lr": -1.0, "failed": True}, {"lr": 0.0, "failed": False}]}
+    advise_report.plot({"rows": [row, {**row, "batch": 0}]}, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    advise_report.plot({"rows": []}, tmp_path / "b.png")
+    assert (tmp_path / "b.png").exists()
 
 
 @pytest.mark.parametrize("batches", ["4,x", "0,16", ",", "-4", "6", "4.5"])

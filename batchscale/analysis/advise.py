@@ -3,25 +3,27 @@
     batchscale advise --config recipe.yaml --batches 4,16,64,256 --out advice/
 
 For every candidate batch B the probe measures, on this machine and within a budget of training
-images (default: 10% of one full run of the recipe at its base batch):
+images (default: what the probe needs, at least 10% of one full run of the recipe):
 
 1. throughput (img/s over a few timed steps) and memory (activations kept for backward plus the
    parameters, gradients and optimizer state; on CUDA the allocator's peak), and whether it fits;
-2. stability: the recipe's peak lr at B (its scale rule) against the largest lr that trained
-   stably in a short exponential lr range test at B, started from the recipe's warmed-up state
-   (the base batch trained through its warmup), and against the curvature bound
-   η·λ_max < 2(1+β) of heavy-ball momentum β, λ_max by power iteration at that state;
-3. step efficiency: the gradient noise scale B_noise = tr(Σ)/|G|² measured during the base-batch
-   probe (McCandlish et al. 2018; jackknife error over the measurements) gives the steps and
-   images to reach the base run's training loss, S(B) = S_min (1 + B_noise/B) and
-   E(B) = E_min (1 + B/B_noise), and with the throughput the predicted wall-clock of a run;
-4. the advice: the batch with the least predicted time among those judged stable, its peak lr
-   and warmup, and one sentence for each larger batch it rejects.
+2. stability, by held-peak trials: from the recipe's warmed-up base state (the base batch trained
+   through its warmup; the initialization when it has none) a trial replays the warmup ramp to a
+   candidate peak at B and holds that peak, and is judged by the engine's collapse rule and a
+   loss-progress test (advise_rules.judge_trial). Per B the largest stable peak is bracketed by
+   log bisection from the recipe's peak (factor 2, then √2 as the budget allows), and the verdict
+   compares the recipe's peak with the bracket;
+3. the largest positive eigenvalue λ_max of the training loss's Hessian at the base state
+   (Lanczos) and the gradient noise scale B_noise there (McCandlish et al. 2018), as context:
+   neither decides a verdict, and no step or time prediction is made from them;
+4. the advice: the largest batch judged stable that fits, its peak lr and warmup, and one
+   sentence for each larger batch it rejects.
 
 The images every piece costs are counted (a Hessian-vector product as two passes of its images)
-and the pieces are sized so that the total never exceeds the budget; a range test that does not
-fit is left out and said to be left out. What the probe cannot know (test accuracy, how the noise
-scale grows later in training, instabilities after thousands of steps) it says it cannot know.
+and the pieces are sized before anything runs; every batch gets its first trial before any batch
+gets a second, and a batch the budget cannot hold a trial for is named, with the budget that
+would. `probe(setup, batches, budget)` is the measurement on an already built setup (config,
+model, data); `advise()` builds one from a config and writes the files.
 
 This module is the probe (what is measured, within the budget); the rules it decides by are in
 advise_rules.py, the files it writes in advise_report.py.
@@ -41,22 +43,27 @@ from pathlib import Path
 import torch
 
 from batchscale.analysis import hessian
-from batchscale.analysis.advise_report import RESULT_JSON, write_outputs
+from batchscale.analysis.advise_report import OUTPUTS, write_outputs
 from batchscale.analysis.advise_rules import (
     CANNOT_KNOW,
-    DIVERGE_FACTOR,
-    DIVERGE_PATIENCE,
-    RAMP_SPAN,
+    HOLD_EPOCHS,
+    HOLD_MAX,
+    HOLD_MIN,
+    RAMP_STEPS,
     SAFETY,
-    RangeTest,
+    START,
+    Bracket,
     advice_for,
     config_at,
+    exploded,
+    hold_steps,
     jackknife_ratio,
+    judge_trial,
     momentum_of,
-    patience_at,
-    predictions,
-    range_test,
+    ramp_steps,
+    trial_rates,
     verdict,
+    window_steps,
 )
 from batchscale.config import TrainConfig
 from batchscale.engine import noise as noise_scale
@@ -68,11 +75,12 @@ from batchscale.engine.step import forward_loss, prepare_input, train_step
 from batchscale.errors import UserError
 
 DEFAULT_BUDGET_FRACTION = 0.10  # of one full run's training images at the base batch
-MAX_RAMP_STEPS, MIN_RAMP_STEPS = 200, 20
-TIMED_STEPS = 2  # after one untimed step
+DEFAULT_TRIALS = 3  # the default budget holds this many trials per batch (first + 2 bisection)
+TIMED_STEPS = 1  # after one untimed step (throughput is reported, not used to predict)
 NOISE_SMALL_BATCHES = 8  # a noise measurement: this many base batches, one big batch
-MAX_NOISE_MEASUREMENTS = 24
-HESSIAN_IMAGES, HESSIAN_ITERS, HESSIAN_TOL = 256, 10, 1e-2
+NOISE_MEASUREMENTS = 2
+HESSIAN_IMAGES, HESSIAN_ITERS, HESSIAN_TOL = 32, 10, 1e-2
+JUDGE_IMAGES = 128  # the fixed sample of the loss-progress test
 
 
 # ---------------------------------------------------------------------- the budget
@@ -81,6 +89,9 @@ class Ledger:
 
     def __init__(self, budget: int):
         self.budget, self.spent, self.pieces = budget, 0, {}
+
+    def left(self) -> int:
+        return self.budget - self.spent
 
     def spend(self, piece: str, images: int) -> None:
         if self.spent + images > self.budget:
@@ -92,48 +103,54 @@ class Ledger:
 
 @dataclass
 class Plan:
-    """How the budget is cut: every count here is decided before anything runs."""
+    """How the probe is shaped and what each piece costs: decided before anything runs."""
 
-    base_steps: int  # base-batch steps through the recipe's warmup
-    noise_every: int
+    base_steps: int  # base-batch steps through the recipe's warmup (0 without warmup)
     noise_measurements: int
     hessian_images: int
     hessian_iters: int
-    ramp_steps: int
-    tested: list[int]  # the batches that get a range test
     timing_images: int
+    ramp: dict  # B -> ramp steps of a trial
+    hold: dict  # B -> held steps of a trial
+    judge_images: int  # the fixed sample's loss at the end of a trial (once more at the start)
 
-    def images(self, base_batch: int, batches: list[int]) -> int:
-        return (self.timing_images + self.base_steps * base_batch
+    def trial_images(self, batch: int) -> int:
+        return (self.ramp[batch] + self.hold[batch]) * batch + self.judge_images
+
+    def fixed_images(self, base_batch: int) -> int:
+        """Everything but the trials."""
+        return (self.timing_images + self.base_steps * base_batch + self.judge_images
                 + self.noise_measurements * NOISE_SMALL_BATCHES * base_batch
-                + 2 * self.hessian_images * self.hessian_iters
-                + self.ramp_steps * sum(self.tested))
+                + 2 * self.hessian_images * self.hessian_iters)
+
+    def needed(self, base_batch: int) -> int:
+        """The least budget that gives every batch its first trial."""
+        return self.fixed_images(base_batch) + sum(self.trial_images(b) for b in self.ramp)
 
 
-def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int, budget: int) -> Plan:
-    """Cut the budget: timing first, then up to a quarter for the base-batch warmup, a tenth for
-    the noise scale, 15% for the Hessian, and what is left for the range tests (the largest
-    batches lose theirs first when fewer than MIN_RAMP_STEPS steps each would fit)."""
+def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
     base = cfg.base_batch_size
-    timing = (1 + TIMED_STEPS) * sum(batches)
-    per_epoch = train_images // base
-    base_steps = min(round(max(cfg.warmup_epochs, 1.0) * per_epoch), int(0.25 * budget) // base)
-    measurements = min(MAX_NOISE_MEASUREMENTS,
-                       int(0.1 * budget) // (NOISE_SMALL_BATCHES * base), max(base_steps // 2, 0))
-    every = max(1, (base_steps // 2) // max(measurements, 1))
-    hessian_images = min(HESSIAN_IMAGES, train_images, int(0.15 * budget) // (2 * HESSIAN_ITERS))
-    hessian_images = hessian_images if hessian_images >= cfg.base_batch_size else 0
-    plan = Plan(base_steps, every, measurements, hessian_images, HESSIAN_ITERS, 0, [], timing)
-    left = budget - plan.images(base, batches)
-    if left < 0:
-        raise UserError(f"--budget-images {budget} is too small: timing the batches and warming "
-                        f"up the base batch alone take {budget - left} images")
-    tested = sorted(batches)
-    while tested and left // sum(tested) < MIN_RAMP_STEPS:
-        tested.pop()
-    plan.tested = tested
-    plan.ramp_steps = min(MAX_RAMP_STEPS, left // sum(tested)) if tested else 0
-    return plan
+    ramp, hold = {}, {}
+    for batch in batches:
+        at_b = plan_from_config(config_at(cfg, batch), train_images // batch)
+        ramp[batch] = ramp_steps(at_b.warmup_steps)
+        hold[batch] = hold_steps(at_b.steps_per_epoch, at_b.total_steps - at_b.warmup_steps)
+    base_plan = plan_from_config(config_at(cfg, base), train_images // base)
+    hessian_images = min(HESSIAN_IMAGES, train_images)
+    hessian_images = max(hessian_images - hessian_images % cfg.group_size, 0)
+    judge = min(JUDGE_IMAGES, train_images)
+    return Plan(base_steps=base_plan.warmup_steps if START == "warm" else 0,
+                noise_measurements=NOISE_MEASUREMENTS, hessian_images=hessian_images,
+                hessian_iters=HESSIAN_ITERS, timing_images=(1 + TIMED_STEPS) * sum(batches),
+                ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge)
+
+
+def default_budget(plan: Plan, base_batch: int, full_run: int) -> int:
+    """At least DEFAULT_BUDGET_FRACTION of a full run, and at least the fixed pieces plus
+    DEFAULT_TRIALS trials per batch."""
+    trials = sum(plan.trial_images(b) for b in plan.ramp)
+    return max(int(DEFAULT_BUDGET_FRACTION * full_run),
+               plan.fixed_images(base_batch) + DEFAULT_TRIALS * trials)
 
 
 # ---------------------------------------------------------------------- the probe's pieces
@@ -230,31 +247,47 @@ def time_steps(setup: Setup, stream, ledger: Ledger) -> dict:
             "fits": available is None or memory < available}
 
 
-def warm_up_base(setup: Setup, steps: int, plan: Plan, ledger: Ledger) -> dict:
-    """Train the base batch through the recipe's warmup; measure the noise scale on the way,
-    in the second half: every `noise_every` steps, NOISE_SMALL_BATCHES base batches' gradients
-    are taken apart (small) and averaged (big)."""
+def warm_up_base(setup: Setup, steps: int, ledger: Ledger) -> dict:
+    """Train the base batch through the recipe's warmup (its rates, its first steps)."""
     stream = batches_of(setup, 0)
-    big_stream = batches_of(setup_at(setup, setup.cfg.batch_size * NOISE_SMALL_BATCHES), 1)
-    grad_sq, trace_sigma, losses = [], [], []
+    losses = []
     for step in range(steps):
         set_lr(setup.optimizer, setup.plan.lr_at(step))
         images, labels = next(stream)
         loss, _ = train_step(setup, prepare_input(setup, images), labels)
         ledger.spend("base warmup", len(labels))
         losses.append(loss.item())
-        due = step >= steps - steps // 2 and (step - (steps - steps // 2)) % plan.noise_every == 0
-        if due and len(grad_sq) < plan.noise_measurements:
-            g, t = measure_noise(setup, *next(big_stream))
-            ledger.spend("noise scale", NOISE_SMALL_BATCHES * setup.cfg.batch_size)
+    tail = losses[-20:]
+    return {"steps": steps, "final_loss": sum(tail) / len(tail) if tail else None}
+
+
+def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
+    """B_noise at the base state: `measurements` big batches of NOISE_SMALL_BATCHES base batches,
+    their gradients taken apart (small) and averaged (big); no step is taken."""
+    if measurements < 1:
+        return {"b_noise": None, "b_noise_error": None, "measurements": 0,
+                "why_not": "no measurement planned"}
+    big = setup_at(setup, setup.cfg.batch_size * NOISE_SMALL_BATCHES)
+    if big.cfg.batch_size > len(setup.train):
+        return {"b_noise": None, "b_noise_error": None, "measurements": 0,
+                "why_not": f"{NOISE_SMALL_BATCHES} base batches ({big.cfg.batch_size} images) "
+                           f"exceed the {len(setup.train)} training images"}
+    stream = batches_of(big, 1)
+    grad_sq, trace_sigma = [], []
+    with noise_scale.batch_norm_buffers_kept(setup.model):
+        for _ in range(measurements):
+            g, t = measure_noise(setup, *next(stream))
+            ledger.spend("noise scale", big.cfg.batch_size)
             grad_sq.append(g)
             trace_sigma.append(t)
-    b_noise, error = (jackknife_ratio(trace_sigma, grad_sq) if grad_sq else (None, None))
-    return {"steps": steps, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "b_noise": b_noise, "b_noise_error": error, "measurements": len(grad_sq),
-            "small_batch": setup.cfg.batch_size,
-            "big_batch": setup.cfg.batch_size * NOISE_SMALL_BATCHES,
-            "grad_sq": grad_sq, "trace_sigma": trace_sigma}
+    if not sum(grad_sq) > 0:
+        return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
+                "why_not": "the unbiased |G|² estimate was not positive (noise dominates at "
+                           "this state)", "grad_sq": grad_sq, "trace_sigma": trace_sigma}
+    b_noise, error = jackknife_ratio(trace_sigma, grad_sq)
+    return {"b_noise": b_noise, "b_noise_error": error, "measurements": len(grad_sq),
+            "small_batch": setup.cfg.batch_size, "big_batch": big.cfg.batch_size,
+            "grad_sq": grad_sq, "trace_sigma": trace_sigma, "why_not": None}
 
 
 def measure_noise(setup: Setup, images, labels) -> tuple[float, float]:
@@ -270,8 +303,12 @@ def measure_noise(setup: Setup, images, labels) -> tuple[float, float]:
 
 
 def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict:
-    """λ_max of the training loss (train-mode batch norm over the base batch's groups, its
-    running statistics restored) on a fixed sample, by power iteration."""
+    """The largest positive eigenvalue λ_max of the training loss's Hessian (train-mode batch
+    norm over the base batch's groups, its running statistics restored) on a fixed sample, by
+    Lanczos with a residual convergence check."""
+    if images < 1:
+        return {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
+                "why_not": "fewer training images than one batch-norm group"}
     generator = torch.Generator().manual_seed(setup.cfg.seed)
     index = torch.randperm(len(setup.train), generator=generator)[:images].to(setup.device)
     x = prepare_input(setup, normalize(setup.train.images.index_select(0, index)))
@@ -285,29 +322,62 @@ def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict
 
     params = [p for p in setup.model.parameters() if p.requires_grad]
     with noise_scale.batch_norm_buffers_kept(setup.model):
-        result = hessian.top_eigenvalue(chunks, params, HESSIAN_TOL, iters, setup.cfg.seed)
+        result = hessian.top_positive_eigenvalue(chunks, params, HESSIAN_TOL, iters,
+                                                 setup.cfg.seed)
     ledger.spend("Hessian", 2 * images * result.iterations)
-    return {"lambda_max": result.eigenvalue, "iterations": result.iterations,
-            "converged": result.converged, "images": images}
+    return {"lambda_max": result.eigenvalue, "lambda_min_ritz": result.smallest,
+            "residual": result.residual, "iterations": result.iterations,
+            "converged": result.converged, "images": images, "method": "Lanczos", "why_not": None}
 
 
-def probe_batch(setup: Setup, warm: dict, steps: int, ledger: Ledger, classes: int) -> RangeTest:
-    """The range test at one batch from the warmed-up state: rates from peak / RAMP_SPAN to
-    peak × RAMP_SPAN over `steps` steps."""
-    load_state(setup, warm)
-    stream = batches_of(setup, 2)
-    batch = setup.cfg.batch_size
+def fixed_sample(setup: Setup, images: int):
+    generator = torch.Generator().manual_seed(setup.cfg.seed + 7)
+    index = torch.randperm(len(setup.train), generator=generator)[:images].to(setup.device)
+    return (prepare_input(setup, normalize(setup.train.images.index_select(0, index))),
+            setup.train.labels[index])
 
-    def step(lr: float) -> float:
-        set_lr(setup.optimizer, lr)
+
+def sample_loss(setup: Setup, sample, ledger: Ledger) -> float:
+    """The mean training-mode loss (batch norm over the recipe's groups, or over the whole
+    sample without groups; its running statistics restored) on a fixed sample: one
+    deterministic function of the weights."""
+    x, y = sample
+    chunk = min(setup.cfg.bn_group or len(y), len(y))
+    total = 0.0
+    with torch.no_grad(), noise_scale.batch_norm_buffers_kept(setup.model):
+        for start in range(0, len(y), chunk):
+            loss, _ = forward_loss(setup, x[start:start + chunk], y[start:start + chunk])
+            total += loss.item() * len(y[start:start + chunk])
+    ledger.spend("trial judging", len(y))
+    return total / len(y)
+
+
+def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger: Ledger,
+              classes: int, seed_offset: int, sample, start_loss: float):
+    """One held-peak trial at `at_b`'s batch from the base state `warm`: the recipe's warmup
+    ramp (from its base rate) compressed to `ramp` steps up to `peak`, then `hold` steps at it;
+    stops early at a non-finite loss or an exploded window. Returns the judgement and the
+    per-step (lr, loss, accuracy)."""
+    load_state(at_b, warm)
+    stream = batches_of(at_b, seed_offset)
+    batch = at_b.cfg.batch_size
+    rates = trial_rates(at_b.cfg.lr, peak, ramp, hold)
+    width = window_steps(batch)
+    losses, accs = [], []
+    for lr in rates:
+        set_lr(at_b.optimizer, lr)
         images, labels = next(stream)
-        loss, _ = train_step(setup, prepare_input(setup, images), labels)
-        ledger.spend(f"range test B={batch}", batch)
-        return loss.item()
-
-    peak = setup.cfg.peak_lr
-    return range_test(step, peak / RAMP_SPAN, peak * RAMP_SPAN, steps,
-                      patience=patience_at(batch), chance=math.log(classes))
+        loss, logits = train_step(at_b, prepare_input(at_b, images), labels)
+        ledger.spend(f"trials B={batch}", batch)
+        losses.append(loss.item())
+        accs.append((logits.argmax(1) == labels.to(logits.device)).float().mean().item())
+        if not math.isfinite(losses[-1]):
+            break
+        if len(losses) >= width and exploded(losses[-width:], accs[-width:], batch, classes):
+            break
+    end_loss = sample_loss(at_b, sample, ledger) if math.isfinite(losses[-1]) else math.inf
+    judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss)
+    return judgement, rates[:len(losses)], losses, accs
 
 
 # ---------------------------------------------------------------------- the command
@@ -326,83 +396,135 @@ def check_batches(text: str, cfg: TrainConfig) -> list[int]:
     return batches
 
 
-def probe_row(at_b: Setup, warm: dict, plan: Plan, ledger: Ledger, classes: int,
-              bound_lr: float | None, lambda_max: float | None) -> dict:
-    """One batch's row: its throughput and memory, its range test if the plan has one for it and
-    it fits, and the verdict."""
-    batch = at_b.cfg.batch_size
-    load_state(at_b, warm)
-    timing = time_steps(at_b, batches_of(at_b, 3), ledger)
-    test = None
-    if batch in plan.tested and timing["fits"]:
-        test = probe_batch(at_b, warm, plan.ramp_steps, ledger, classes)
-    test_record = None if test is None else {
-        "diverged": test.diverged, "stable_lr": test.stable_lr,
-        "diverge_lr": test.diverge_lr, "steps": len(test.losses), "ratio": test.ratio,
-        "low": test.lrs[0], "lrs": test.lrs, "losses": test.losses}
-    peak = at_b.cfg.peak_lr
-    state, margin, reason = verdict(peak, test_record, bound_lr)
-    return {"batch": batch, **timing, "peak_lr": peak, "warmup_steps": at_b.plan.warmup_steps,
-            "recipe_steps": at_b.plan.total_steps, "range_test": test_record,
-            "curvature_product": None if bound_lr is None else peak * lambda_max,
-            "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
-            "reason": reason}
-
-
-def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int = 0,
-           overwrite: bool = False, quiet: bool = False) -> dict:
-    """Run the probe for `cfg`'s recipe at `batches`; write advice.json/.md/.png into `out`."""
+def check_out(out: Path, overwrite: bool) -> None:
+    """Every output path is checked before anything is computed: `out` is a folder or can be
+    made one, and no advice file in it is replaced without --overwrite."""
     out = Path(out)
-    if (out / RESULT_JSON).exists() and not overwrite:
-        raise UserError(f"{out / RESULT_JSON} exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    for name in OUTPUTS:
+        target = out / name
+        if target.exists() and not overwrite:
+            raise UserError(f"{target} exists; pass --overwrite to replace it")
+        if target.exists() and not target.is_file():
+            raise UserError(f"{target} exists and is not a file")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"--out {out}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {ancestor} is not writable")
+
+
+def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) -> dict:
+    """The probe on a built base setup (`setup.cfg` is the recipe at its base batch; its model
+    is trained in place): the record advise.json holds, without writing anything."""
+    say = say or (lambda *_: None)
     started = time.perf_counter()
-    base_cfg = config_at(cfg, cfg.base_batch_size)
-    setup = build(base_cfg, progress=not quiet)
+    cfg = setup.cfg
     train_images = len(setup.train)
     too_big = [b for b in batches if b > train_images]
     if too_big:
         raise UserError(f"--batches: {too_big[0]} exceeds the {train_images} training images")
     full_run = train_images * cfg.epochs
-    budget = budget_images or int(DEFAULT_BUDGET_FRACTION * full_run)
-    if budget < 1:
-        raise UserError(f"--budget-images must be positive, got {budget_images}")
-    plan = plan_probe(cfg, batches, train_images, budget)
+    plan = plan_probe(cfg, batches, train_images)
+    fixed, needed = plan.fixed_images(cfg.base_batch_size), plan.needed(cfg.base_batch_size)
+    budget = budget_images or default_budget(plan, cfg.base_batch_size, full_run)
+    if budget < fixed:
+        raise UserError(f"--budget-images {budget} is too small: timing, the base warmup, the "
+                        f"noise scale and the Hessian take {fixed} images; {needed} give every "
+                        f"batch its first trial")
     ledger = Ledger(budget)
     classes = int(setup.train.labels.max().item()) + 1
-    say = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
-
-    say(f"advise: budget {budget} images ({budget / full_run:.1%} of a full run at "
-        f"B = {cfg.base_batch_size}); warming up the base batch for {plan.base_steps} steps")
-    noise = warm_up_base(setup, plan.base_steps, plan, ledger)
-    curvature = (top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
-                 if plan.hessian_images else {"lambda_max": None, "iterations": 0,
-                                              "converged": False, "images": 0})
-    warm = state_of(setup)
-    beta = momentum_of(cfg)
-    bound_lr = (2 * (1 + beta) / curvature["lambda_max"]
-                if beta is not None and (curvature["lambda_max"] or 0) > 0 else None)
-    rows = []
+    share = budget / full_run
+    say(f"advise: budget {budget} images ({share:.1%} of a full run at B = "
+        f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''})"
+        f"; base warmup {plan.base_steps} steps")
+    init = state_of(setup)
+    base = warm_up_base(setup, plan.base_steps, ledger)
+    noise = noise_at(setup, plan.noise_measurements, ledger)
+    curvature = top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
+    warm = state_of(setup) if START == "warm" else init
+    sample = fixed_sample(setup, plan.judge_images)
+    start_loss = sample_loss(setup, sample, ledger)
+    at = {b: setup_at(setup, b) for b in batches}
+    timing = {}
     for batch in batches:
-        rows.append(probe_row(setup_at(setup, batch), warm, plan, ledger, classes, bound_lr,
-                              curvature["lambda_max"]))
-        say(f"  B = {batch}: {rows[-1]['verdict']} ({rows[-1]['reason']})")
-    base_steps = train_images // cfg.base_batch_size * cfg.epochs
-    predictions(rows, cfg.base_batch_size, base_steps, noise)
-    record = {
+        load_state(at[batch], warm)
+        timing[batch] = time_steps(at[batch], batches_of(at[batch], 3), ledger)
+    brackets = {b: Bracket(at[b].cfg.peak_lr) for b in batches}
+    curves = {b: [] for b in batches}
+    # round 1: every batch its first trial (smallest first); then one bisection step per batch
+    # per round while the budget holds it
+    progress = True
+    while progress:
+        progress = False
+        for batch in batches:
+            candidate = brackets[batch].next_candidate()
+            if candidate is None or not timing[batch]["fits"]:
+                continue
+            if plan.trial_images(batch) > ledger.left():
+                continue
+            judgement, rates, losses, accs = run_trial(
+                at[batch], warm, candidate, plan.ramp[batch], plan.hold[batch], ledger, classes,
+                10 + len(brackets[batch].trials), sample, start_loss)
+            brackets[batch].record(candidate, judgement, len(losses), len(losses) * batch)
+            curves[batch].append({"lr": candidate, "rates": rates, "losses": losses,
+                                  "accs": accs, "failed": judgement.failed})
+            progress = True
+    rows = []
+    beta = momentum_of(cfg)
+    lam = curvature["lambda_max"]
+    bound_lr = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
+    for batch in batches:
+        row = brackets[batch]
+        peak = at[batch].cfg.peak_lr
+        state, margin, reason = verdict(peak, row.low, row.high)
+        if not row.trials:
+            why = ("does not fit in memory" if not timing[batch]["fits"] else
+                   f"the budget could not hold its first trial ({plan.trial_images(batch)} "
+                   f"images); --budget-images {needed} gives every batch its first")
+            reason = f"no trial at B = {batch}: {why}"
+        rows.append({"batch": batch, **timing[batch], "peak_lr": peak,
+                     "warmup_steps": at[batch].plan.warmup_steps,
+                     "recipe_steps": at[batch].plan.total_steps,
+                     "trial_ramp_steps": plan.ramp[batch], "trial_hold_steps": plan.hold[batch],
+                     "trial_images": plan.trial_images(batch),
+                     "bracket_low": row.low, "bracket_high": row.high, "trials": row.trials,
+                     "curves": curves[batch],
+                     "curvature_product": None if bound_lr is None else peak * lam,
+                     "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
+                     "reason": reason})
+        say(f"  B = {batch}: {state} ({reason})")
+    return {
         "config": cfg.to_dict(), "batches": batches, "base_batch": cfg.base_batch_size,
         "train_images": train_images, "full_run_images": full_run,
-        "budget_images": budget, "probe_images": ledger.spent,
+        "budget_images": budget, "budget_default": not budget_images,
+        "budget_needed_first_trials": needed, "probe_images": ledger.spent,
         "probe_fraction": ledger.spent / full_run, "probe_pieces": ledger.pieces,
         "probe_wall_s": time.perf_counter() - started, "device": str(setup.device),
-        "base_run_steps": base_steps, "plan": dataclasses.asdict(plan),
-        "noise": noise, "curvature": curvature, "momentum": beta,
-        "criterion": {"factor": DIVERGE_FACTOR, "patience": DIVERGE_PATIENCE,
-                      "limit": "min(factor × the first window's mean loss, ln(classes)); "
-                               "mean of the last max(patience, 64/B) losses above it",
-                      "safety": SAFETY, "ramp_span": RAMP_SPAN},
+        "plan": dataclasses.asdict(plan), "base": base, "noise": noise, "curvature": curvature,
+        "momentum": beta,
+        "rules": {"start": START, "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
+                  "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
+                  "judge": "failed: a non-finite loss; the last window at chance by "
+                           "engine/collapse.py's stalled(); or the last window's mean loss not "
+                           "below the first's. window = max(3, 64/B) steps"},
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
+
+
+def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int = 0,
+           overwrite: bool = False, quiet: bool = False) -> dict:
+    """Run the probe for `cfg`'s recipe at `batches`; write advice.json/.md/.png into `out`
+    (checked before anything is computed)."""
+    out = Path(out)
+    check_out(out, overwrite)
+    if budget_images < 0:
+        raise UserError(f"--budget-images must be positive, got {budget_images}")
+    say = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
+    setup = build(config_at(cfg, cfg.base_batch_size), progress=not quiet)
+    record = probe(setup, batches, budget_images, say)
     write_outputs(record, out)
     return record
-
-

@@ -1,6 +1,6 @@
 """The files `batchscale advise` writes: advice.json (the whole record), advice.md (the advice,
-the per-batch table and what the probe cannot know) and advice.png (the range tests and the
-predicted time per batch)."""
+the per-batch table and what the probe cannot know) and advice.png (every held-peak trial's
+loss curve per batch, and the brackets of the largest stable peak)."""
 
 from __future__ import annotations
 
@@ -11,57 +11,62 @@ from pathlib import Path
 from batchscale import files
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = "advice.json", "advice.md", "advice.png"
+OUTPUTS = (RESULT_JSON, RESULT_MD, RESULT_PNG)
 
 
 def fmt(value, spec: str = ".3g", none: str = "—") -> str:
     return none if value is None else format(value, spec)
 
 
+def trials_text(row: dict) -> str:
+    return ", ".join(f"{t['lr']:.3g} {'✗' if t['failed'] else '✓'}" for t in row["trials"]) or "—"
+
+
 def table(record: dict) -> str:
     """The per-batch table, in Markdown (also what the command prints)."""
-    lines = ["| B | img/s | memory MB | fits | peak lr | stable lr (range test) | "
-             "η·λ_max / 2(1+β) | verdict | margin | S(B) | E(B) | predicted time |",
-             "|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| B | img/s | memory MB | fits | peak lr | trials (lr ✓ passed / ✗ failed) | "
+             "largest stable peak in | η·λ_max / 2(1+β) | verdict | margin |",
+             "|---:|---:|---:|---|---:|---|---|---:|---|---:|"]
     for row in record["rows"]:
-        test = row["range_test"]
-        if test is None:
-            stable = "not tested"
-        elif test["diverged"]:
-            stable = f"{test['stable_lr']:.3g} (diverged at {test['diverge_lr']:.3g})"
-        else:
-            stable = f"≥ {test['stable_lr']:.3g}"
         ratio = (None if row["curvature_bound_lr"] is None
                  else row["peak_lr"] / row["curvature_bound_lr"])
-        band = row["predicted_time_range_s"]
-        time_text = "—" if row["predicted_time_s"] is None else (
-            f"{row['predicted_time_s'] / 60:.1f} min ({band[0] / 60:.1f}–{band[1] / 60:.1f})")
-        margin = fmt(row["margin"], ".2f")
-        if test is not None and not test["diverged"] and row["margin"] is not None:
-            margin = "≥ " + margin
+        low, high = row["bracket_low"], row["bracket_high"]
+        bracket = (f"[{fmt(low)}, {fmt(high)})" if low is not None or high is not None
+                   else "not tested")
         lines.append(
             f"| {row['batch']} | {fmt(row['images_per_s'], '.0f')} | "
             f"{fmt(row['memory_mb'], '.1f')} | {'yes' if row['fits'] else 'no'} | "
-            f"{row['peak_lr']:.3g} | {stable} | {fmt(ratio, '.2f', 'n/a')} | {row['verdict']} | "
-            f"{margin} | {fmt(row['predicted_steps'], '.0f')} | "
-            f"{fmt(row['predicted_images'], '.3g')} | {time_text} |")
+            f"{row['peak_lr']:.3g} | {trials_text(row)} | {bracket} | "
+            f"{fmt(ratio, '.2f', 'n/a')} | {row['verdict']} | {fmt(row['margin'], '.2f')} |")
     return "\n".join(lines)
 
 
 def markdown(record: dict) -> str:
     cfg, noise, curv, advice = (record["config"], record["noise"], record["curvature"],
                                 record["advice"])
-    b_noise = ("not measured" if noise["b_noise"] is None else
-               f"{noise['b_noise']:.3g} ± {fmt(noise['b_noise_error'], '.2g', '?')}")
+    b_noise = (f"not measured: {noise.get('why_not')}" if noise["b_noise"] is None else
+               f"{noise['b_noise']:.3g} ± {fmt(noise['b_noise_error'], '.2g', '?')} "
+               f"({noise['measurements']} measurements, small batch {noise['small_batch']} vs "
+               f"big batch {noise['big_batch']}, at the base state)")
     rejected = "\n".join(f"- {r['sentence']}" for r in advice["rejected"]) or "- (none larger)"
     cannot = "\n".join(f"- {line}" for line in record["cannot_know"])
     pieces = ", ".join(f"{k} {v}" for k, v in record["probe_pieces"].items())
-    untested = [str(r["batch"]) for r in record["rows"] if r["range_test"] is None]
-    untested = f" Not tested (budget): B = {', '.join(untested)}." if untested else ""
-    crit = record["criterion"]
+    rules = record["rules"]
     beta = record["momentum"]
-    bound = ("" if beta is None or not (curv["lambda_max"] or 0) > 0
-             else f" = {2 * (1 + beta) / curv['lambda_max']:.3g} (β = {beta})")
-    state = "converged" if curv["converged"] else "NOT converged"
+    lam = curv["lambda_max"]
+    bound = ("" if beta is None or lam is None or not lam > 0
+             else f"; the heavy-ball bound η < 2(1+β)/λ_max = {2 * (1 + beta) / lam:.3g} "
+                  f"(β = {beta}) is shown, not used for the verdict")
+    if lam is None:
+        curvature = f"not measured: {curv.get('why_not')}"
+    else:
+        state = "converged" if curv["converged"] else "NOT converged"
+        curvature = (f"{lam:.4g} (smallest Ritz value {curv['lambda_min_ritz']:.3g}; {state}: "
+                     f"residual {curv['residual']:.2g} after {curv['iterations']} Lanczos "
+                     f"iterations on {curv['images']} images, at the base state){bound}")
+    share = record["probe_fraction"]
+    over = (" — more than 10% of a run: the default budget is what the trials need"
+            if share > 0.1 and record["budget_default"] else "")
     return f"""# batchscale advise
 
 Recipe: optimizer {cfg['optimizer']}, lr {cfg['lr']} at base batch {cfg['base_batch_size']},
@@ -82,26 +87,23 @@ Larger batches, rejected:
 
 {table(record)}
 
-- *stable lr*: the last rate of the range test (from the warmed-up state, rates × ratio per
-  step, from peak/{crit['ramp_span']:g} to peak × {crit['ramp_span']:g}) before the
-  divergence criterion fired: the mean loss of the last max({crit['patience']}, 64/B) steps above
-  min({crit['factor']:g}× the first window's mean, ln classes) (above chance: collapsed), or
-  non-finite;
-  *margin* = stable lr / peak lr; *stable* needs margin ≥ {crit['safety']} and the curvature
-  bound; below 1 it *diverges*.{untested}
-- λ_max = {fmt(curv['lambda_max'], '.4g', 'not measured')} ({state} after
-  {curv['iterations']} power iterations on {curv['images']} images) at the end of the base
-  batch's warmup; the bound is η < 2(1+β)/λ_max{bound}.
-- B_noise = {b_noise} (jackknife error, {noise['measurements']} measurements of small batch
-  {noise['small_batch']} vs big batch {noise['big_batch']}); S(B) = S_min (1 + B_noise/B),
-  E(B) = E_min (1 + B/B_noise), from the base run's {record['base_run_steps']} steps; predicted
-  time = E(B) / img/s (range: B_noise ± its error).
+- A *trial* at B starts from the base state (the base batch trained through the recipe's
+  warmup; the initialization without warmup), ramps from the base lr to a candidate peak in at
+  most {rules['ramp_steps']} steps (the recipe's warmup, compressed) and holds the peak for
+  {rules['hold_epochs']} of the recipe's epochs at B (at least {rules['hold_min']}, at most
+  {rules['hold_max']} steps, never more than the recipe holds it). It *fails* ({rules['judge']}).
+- Per B the trials bisect the largest stable peak on a log scale from the recipe's peak (factor
+  2, then √2 while the budget holds); *stable*: peak ≤ largest passed / {rules['safety']:g};
+  *diverges*: peak ≥ smallest failed; *at risk*: in between or untested. *margin*: largest passed
+  / peak (stable) or smallest failed / peak (diverges).
+- λ_max = {curvature}.
+- B_noise = {b_noise}. No step or time prediction is made (removed: see below).
 
 ## Probe cost
 
-{record['probe_images']} training images ({record['probe_fraction']:.1%} of one full run at the
-base batch, budget {record['budget_images']}): {pieces}; {record['probe_wall_s'] / 60:.1f} min
-wall-clock.
+{record['probe_images']} training images ({share:.1%} of one full run at the base batch{over};
+budget {record['budget_images']}, {record['budget_needed_first_trials']} give every batch its
+first trial): {pieces}; {record['probe_wall_s'] / 60:.1f} min wall-clock.
 
 ## What this probe cannot know
 
@@ -109,39 +111,51 @@ wall-clock.
 """
 
 
+def _positive(values) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v) and v > 0]
+
+
 def plot(record: dict, path: Path) -> None:
+    """Left: every trial's loss per step, per batch; right: the recipe's peak and the tested
+    peaks per B. Non-finite or non-positive values are left out, never fatal."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(record["rows"]):
+        color = cycle[i % len(cycle)]
+        for curve in row["curves"]:
+            points = [(s, v) for s, v in enumerate(curve["losses"]) if math.isfinite(v)]
+            if points:
+                left.plot(*zip(*points, strict=True), color=color, lw=0.8,
+                          ls="--" if curve["failed"] else "-")
+        left.plot([], [], color=color, label=f"B = {row['batch']}")
+    left.set(xlabel="trial step", ylabel="training loss",
+             title="held-peak trials (dashed: failed)")
+    low, high = left.get_ylim()
+    left.set_ylim(low, min(high, 10))
+    if left.get_legend_handles_labels()[0]:
+        left.legend(fontsize=8)
     for row in record["rows"]:
-        test = row["range_test"]
-        if test is None:
-            continue
-        finite = [(lr, loss) for lr, loss in zip(test["lrs"], test["losses"], strict=True)
-                  if math.isfinite(loss)]
-        if finite:
-            line, = left.plot(*zip(*finite, strict=True), label=f"B = {row['batch']}")
-            left.axvline(row["peak_lr"], color=line.get_color(), ls=":", lw=1)
-    left.set(xscale="log", xlabel="learning rate", ylabel="training loss",
-             title="lr range test from the warmed-up state (dotted: recipe's peak lr)")
-    left.set_ylim(top=min(left.get_ylim()[1], 10))
-    left.legend(fontsize=8)
-    colors = {"stable": "tab:green", "at risk": "tab:orange", "diverges": "tab:red"}
-    for row in record["rows"]:
-        if row["predicted_time_s"] is None:
-            continue
-        low, high = row["predicted_time_range_s"]
-        minutes = row["predicted_time_s"] / 60
-        right.errorbar(row["batch"], minutes, yerr=[[minutes - low / 60], [high / 60 - minutes]],
-                       fmt="o", color=colors[row["verdict"]], capsize=3)
-    for name, color in colors.items():
-        right.plot([], [], "o", color=color, label=name)
-    right.set(xscale="log", yscale="log", xlabel="batch size B",
-              ylabel="predicted minutes to the base run's loss",
-              title="predicted wall-clock per run on this machine")
+        for trial in row["trials"]:
+            if _positive([trial["lr"]]):
+                right.plot(row["batch"], trial["lr"], "x" if trial["failed"] else "o",
+                           color="tab:red" if trial["failed"] else "tab:green")
+        if _positive([row["peak_lr"]]):
+            right.plot(row["batch"], row["peak_lr"], "_", color="black", ms=14)
+    right.plot([], [], "o", color="tab:green", label="trial passed")
+    right.plot([], [], "x", color="tab:red", label="trial failed")
+    right.plot([], [], "_", color="black", label="recipe's peak")
+    if _positive([r["batch"] for r in record["rows"]]):
+        right.set_xscale("log")
+    if _positive([t["lr"] for r in record["rows"] for t in r["trials"]]
+                 + [r["peak_lr"] for r in record["rows"]]):
+        right.set_yscale("log")
+    right.set(xlabel="batch size B", ylabel="peak learning rate",
+              title="tested peaks per batch")
     right.legend(fontsize=8)
     fig.tight_layout()
     files.save_figure(fig, path, 110)
@@ -153,4 +167,7 @@ def write_outputs(record: dict, out: Path) -> None:
     text = json.dumps(record, indent=2) + "\n"
     files.write_text(out / RESULT_JSON, text)
     files.write_text(out / RESULT_MD, markdown(record))
-    plot(record, out / RESULT_PNG)
+    try:
+        plot(record, out / RESULT_PNG)
+    except Exception as error:  # noqa: BLE001 -- a figure must never cost the advice
+        files.write_text(out / (RESULT_PNG + ".error.txt"), f"the figure failed: {error!r}\n")

@@ -125,12 +125,12 @@ def analyze_command(args) -> int:
 def add_advise_parser(commands) -> None:
     """`batchscale advise [training options] --batches 4,16,64 --out DIR`."""
     parser = commands.add_parser("advise", help="how far can this recipe's batch scale? a short "
-                                 "probe: stability, step efficiency and time per candidate B")
+                                 "probe: held-peak stability trials per candidate B")
     parser.add_argument("--batches", required=True,
                         help="candidate batch sizes, comma-separated (e.g. 4,16,64,256)")
     parser.add_argument("--budget-images", type=int, default=0,
-                        help="training images the whole probe may use (default: 10%% of one "
-                             "full run of the recipe at its base batch)")
+                        help="training images the whole probe may use (default: what its trials "
+                             "need, at least 10%% of one full run of the recipe)")
     parser.add_argument("--out", required=True, help="folder for advice.json, advice.md, "
                         "advice.png")
     parser.add_argument("--config", help="YAML file of config fields (the recipe)")
@@ -140,6 +140,7 @@ def add_advise_parser(commands) -> None:
 
 
 def advise_command(args) -> int:
+    advise.check_out(Path(args.out), args.overwrite)  # before anything is computed
     base = load_yaml(Path(args.config)).to_dict() if args.config else {}
     cfg = from_dict({**base, **given_fields(args)})
     batches = advise.check_batches(args.batches, cfg)

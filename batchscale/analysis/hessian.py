@@ -103,3 +103,64 @@ def analyze_run(run_dir: Path, images: int = DEFAULT_IMAGES, tol: float = DEFAUL
               "decay", **asdict(result)}
     files.write_text(Path(run_dir) / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+@dataclass
+class LanczosResult:
+    """The largest (algebraic) eigenvalue by Lanczos: `eigenvalue` is the top Ritz value,
+    `residual` the bound |β_k s_k| on ‖H y − θ y‖ of its Ritz vector y (an eigenvalue of H lies
+    within it of θ), `converged` whether residual ≤ tol × |θ|."""
+
+    eigenvalue: float
+    smallest: float  # the smallest Ritz value (negative curvature, if any)
+    residual: float
+    iterations: int
+    converged: bool
+    tol: float
+    max_iters: int
+    history: list[float]
+
+
+def top_positive_eigenvalue(loss_chunks: LossChunks, params: list[torch.Tensor],
+                            tol: float = 1e-2, max_iters: int = 20,
+                            seed: int = 0) -> LanczosResult:
+    """The largest algebraic eigenvalue of the Hessian (not the largest in magnitude, which power
+    iteration finds and which is negative at a saddle), by the Lanczos iteration with full
+    re-orthogonalization from a seeded random vector. Converged when the residual bound of the
+    top Ritz pair is at most `tol` × |θ| (or the Krylov space is exhausted)."""
+    generator = torch.Generator().manual_seed(seed)
+    vector = [torch.randn(p.shape, generator=generator).to(p) for p in params]
+    norm = _dot(vector, vector) ** 0.5
+    basis = [[v / norm for v in vector]]
+    alphas: list[float] = []
+    betas: list[float] = []
+    history: list[float] = []
+    theta = smallest = residual = 0.0
+    for k in range(max_iters):
+        q = basis[-1]
+        w = hessian_vector_product(loss_chunks, params, q)
+        alpha = _dot(q, w)
+        alphas.append(alpha)
+        for b in basis:  # full re-orthogonalization (twice is enough)
+            c = _dot(b, w)
+            w = [x - c * y for x, y in zip(w, b, strict=True)]
+        for b in basis:
+            c = _dot(b, w)
+            w = [x - c * y for x, y in zip(w, b, strict=True)]
+        beta = _dot(w, w) ** 0.5
+        size = k + 1
+        tri = torch.zeros(size, size, dtype=torch.float64)
+        for i in range(size):
+            tri[i, i] = alphas[i]
+            if i + 1 < size:
+                tri[i, i + 1] = tri[i + 1, i] = betas[i]
+        values, vectors = torch.linalg.eigh(tri)
+        theta, smallest = values[-1].item(), values[0].item()
+        residual = abs(beta * vectors[-1, -1].item())
+        history.append(theta)
+        scale = max(abs(theta), 1e-30)
+        if residual <= tol * scale or beta <= 1e-12 * max(abs(a) for a in alphas):
+            return LanczosResult(theta, smallest, residual, size, True, tol, max_iters, history)
+        betas.append(beta)
+        basis.append([x / beta for x in w])
+    return LanczosResult(theta, smallest, residual, len(history), False, tol, max_iters, history)

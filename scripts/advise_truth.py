@@ -1,0 +1,355 @@
+"""The advise truth set: real runs that can prove `batchscale advise` wrong (issue 23).
+
+    nice -n 10 python scripts/advise_truth.py split          # docs/results/advise-truth/split.json
+    nice -n 10 python scripts/advise_truth.py run short --jobs 2
+    nice -n 10 python scripts/advise_truth.py run long --jobs 2   # after short (its lr points)
+    python scripts/advise_truth.py collect                   # outcomes.json from the run dirs
+    nice -n 10 python scripts/advise_truth.py advise tuning  # advise per (recipe, length)
+    python scripts/advise_truth.py report tuning             # the targets table (report-*.md)
+
+Four recipes on 1,000 of the embedded sample's training images (class-balanced, seed-chosen),
+ResNet-18 width 4, base batch 8, linear scaling, cosine schedule, at B = 8 / 32 / 128, 2 seeds,
+at two lengths: `short` (4 epochs) and `long` (30 epochs). The recipes (the base lr is the rate
+at B = 8; the peak at B is lr x B/8):
+
+  bn-warmup  SGD momentum 0.9, wd 5e-4, batch norm over the whole batch, 1 warmup epoch
+  bn-group   as bn-warmup, batch norm per group of 8 (per-worker BN, the base batch)
+  no-warmup  as bn-warmup without warmup
+  rmsprop    RMSProp (momentum 0.9, alpha 0.99), wd 5e-4, 1 warmup epoch
+
+The lr grid (factor 2): SGD base lr 0.0125 x 2^k, RMSProp 0.000125 x 2^k, k = 1..5 (`short`;
+k = 0 was in the first plan and its runs that were done before the cut are kept as extra cells).
+`long` runs ONE of those points per (recipe, B), chosen from the short sweep before any advise
+rule is tuned: the largest base lr whose short runs all trained (a run held 30 epochs at its peak
+collapses at or below the short sweep's boundary, so this is where the long runs can differ).
+One point, not a grid: on two cores shared at load ~12 one 30-epoch run took ~8 minutes. The
+held-out recipes' long runs go first. (Two 30-epoch runs of bn-group at B = 128, base lr 0.025,
+from a first plan with two points, are kept as extra cells where done.)
+
+At B = 8 = bn_group, `bn-group` is the same computation as `bn-warmup` (one BN group is the
+whole batch): those cells are trained once, under bn-warmup, and shown in both recipes.
+
+A cell (recipe, length, B, lr) *trains* when every seed's run ends without the engine's
+diverged status (non-finite loss, or collapse by engine/collapse.py); otherwise it *diverges*.
+
+The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
+their name; the first half of that order is the tuning half, the rest is held out. Both lengths
+of a recipe fall in the same half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "docs" / "results" / "advise-truth"
+RUNS = OUT / "runs"
+BASE = {"dataset": "sample", "train_subset": 1000, "width": 4, "base_batch_size": 8,
+        "momentum": 0.9, "weight_decay": 5e-4, "scale_rule": "linear", "schedule": "cosine",
+        "threads": 1, "stop_on_collapse": True, "eval_batch_size": 1000, "log_every": 50}
+RECIPES = {
+    "bn-warmup": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 0},
+    "bn-group": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 8},
+    "no-warmup": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0},
+    "rmsprop": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0},
+}
+GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
+GRID_POINTS = 6
+SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
+LENGTHS = {"short": 4, "long": 30}
+BATCHES = [8, 32, 128]
+SEEDS = [0, 1]
+
+
+def grid(recipe: str) -> list[float]:
+    base = GRID_BASE[RECIPES[recipe]["optimizer"]]
+    return [round(base * 2 ** k, 10) for k in range(GRID_POINTS)]
+
+
+def split() -> dict:
+    ranked = sorted(RECIPES, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    half = len(ranked) // 2
+    return {"rule": "recipes ranked by sha256(name).hexdigest(); the first half tunes, the rest "
+                    "is held out; both lengths of a recipe in the same half",
+            "digests": {n: hashlib.sha256(n.encode()).hexdigest() for n in ranked},
+            "tuning": ranked[:half], "held_out": ranked[half:]}
+
+
+def run_dir(length: str, recipe: str, batch: int, lr: float, seed: int) -> Path:
+    if recipe == "bn-group" and batch == RECIPES["bn-group"]["bn_group"]:
+        recipe = "bn-warmup"  # the same computation
+    return RUNS / length / recipe / f"b{batch}" / f"lr{lr:g}" / f"seed{seed}"
+
+
+def config_of(length: str, recipe: str, batch: int, lr: float, seed: int) -> dict:
+    return {**BASE, **RECIPES[recipe], "epochs": LENGTHS[length], "batch_size": batch,
+            "lr": lr, "seed": seed}
+
+
+def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
+    """trains / diverges over the seeds, or None while a seed has no summary."""
+    seeds = []
+    for seed in SEEDS:
+        path = run_dir(length, recipe, batch, lr, seed) / "summary.json"
+        if not path.exists():
+            return None
+        summary = json.loads(path.read_text())
+        seeds.append({"seed": seed, "status": summary["status"], "reason": summary["reason"],
+                      "collapsed_at_epoch": summary.get("collapsed_at_epoch"),
+                      "final_train_acc": summary.get("final_train_acc"),
+                      "epochs_completed": summary.get("epochs_completed"),
+                      "wall_s": summary.get("wall_s")})
+    diverged = [s for s in seeds if s["status"] == "diverged"]
+    return {"outcome": "diverges" if diverged else "trains", "seeds": seeds}
+
+
+def long_lrs(recipe: str, batch: int) -> list[float] | None:
+    """The long sweep's point at (recipe, B): the short sweep's largest training lr (None until
+    the short cells are all done)."""
+    points = [grid(recipe)[k] for k in SHORT_POINTS]
+    outcomes = [cell_outcome("short", recipe, batch, lr) for lr in points]
+    if any(o is None for o in outcomes):
+        return None
+    trains = [i for i, o in enumerate(outcomes) if o["outcome"] == "trains"]
+    return [points[max(trains) if trains else 0]]
+
+
+def cells(length: str, batches: list[int] | None = None,
+          recipes: list[str] | None = None) -> list[tuple]:
+    out = []
+    for recipe in recipes or RECIPES:
+        for batch in batches or BATCHES:
+            lrs = ([grid(recipe)[k] for k in SHORT_POINTS] if length == "short"
+                   else long_lrs(recipe, batch))
+            if lrs is None:
+                raise SystemExit("the short sweep is not complete: run it first")
+            for lr in lrs:
+                for seed in SEEDS:
+                    cell = (length, recipe, batch, lr, seed)
+                    if recipe == "bn-group" and run_dir(*cell) == run_dir(length, "bn-warmup",
+                                                                           batch, lr, seed):
+                        continue  # trained under bn-warmup
+                    out.append(cell)
+    return out
+
+
+def train_cell(cell: tuple) -> str:
+    import torch
+
+    from batchscale.config import from_dict
+    from batchscale.engine.train import train
+    torch.set_num_threads(1)
+    directory = run_dir(*cell)
+    if (directory / "summary.json").exists():
+        summary = json.loads((directory / "summary.json").read_text())
+        if summary["status"] in ("completed", "diverged"):
+            return f"{cell} done before"
+    summary = train(from_dict(config_of(*cell)), directory, overwrite=True, quiet=True)
+    return f"{cell}: {summary['status']} {summary.get('reason')} acc {summary['final_train_acc']}"
+
+
+def run(length: str, jobs: int, batches: list[int] | None = None,
+        recipes: list[str] | None = None) -> None:
+    todo = cells(length, batches, recipes)
+    # the largest batches first: the cheapest per image and the likeliest to break
+    todo.sort(key=lambda c: (-c[2], c[1], c[3], c[4]))
+    held_out = split()["held_out"]
+    todo.sort(key=lambda c: c[1] not in held_out)  # the held-out cells first (a stable sort)
+    with ProcessPoolExecutor(jobs) as pool:
+        for line in pool.map(train_cell, todo):
+            print(line, flush=True)
+
+
+def collect() -> dict:
+    record = {"split": split(), "lengths": LENGTHS, "batches": BATCHES, "seeds": SEEDS,
+              "base": BASE, "recipes": RECIPES, "cells": []}
+    for length in LENGTHS:
+        for recipe in RECIPES:
+            for batch in BATCHES:
+                for lr in grid(recipe):
+                    outcome = cell_outcome(length, recipe, batch, lr)
+                    if outcome is None:
+                        continue
+                    record["cells"].append({"length": length, "recipe": recipe, "batch": batch,
+                                            "lr": lr, "peak_lr": lr * batch / BASE[
+                                                "base_batch_size"], **outcome})
+    from batchscale import files
+    files.write_text(OUT / "outcomes.json", json.dumps(record, indent=1) + "\n")
+    return record
+
+
+ADVISE_K = 3  # the recipe's own lr for advise: the middle of the short grid (k = 1..5)
+
+
+def advise_dir(half: str, recipe: str, length: str) -> Path:
+    return OUT / "advise" / half / f"{recipe}-{length}"
+
+
+def advise_half(half: str) -> None:
+    """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
+    would run it: a subprocess; its exit code and any traceback are recorded."""
+    import subprocess
+    import time
+    names = split()["tuning" if half == "tuning" else "held_out"]
+    log = []
+    for recipe in names:
+        for length in LENGTHS:
+            cfg = config_of(length, recipe, BASE["base_batch_size"], grid(recipe)[ADVISE_K], 0)
+            command = [sys.executable, "-m", "batchscale", "advise", "--batches",
+                       ",".join(map(str, BATCHES)), "--out",
+                       str(advise_dir(half, recipe, length)), "--overwrite", "--quiet"]
+            skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
+            for key, value in cfg.items():
+                if key in skip:
+                    continue
+                command += [f"--{key.replace('_', '-')}", str(value)]
+            started = time.time()
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            entry = {"recipe": recipe, "length": length, "command": " ".join(command[1:]),
+                     "returncode": done.returncode, "traceback": "Traceback" in done.stderr,
+                     "stderr_tail": done.stderr[-2000:], "wall_s": time.time() - started}
+            print(f"{recipe} {length}: exit {done.returncode} in {entry['wall_s']:.0f} s",
+                  flush=True)
+            log.append(entry)
+    from batchscale import files
+    files.write_text(OUT / "advise" / half / "runs.json", json.dumps(log, indent=1) + "\n")
+
+
+def measured_boundary(cells: list[dict]) -> tuple[float | None, float | None]:
+    """(largest peak that trained, smallest peak that diverged) over a (recipe, length, B)'s
+    cells."""
+    trains = [c["peak_lr"] for c in cells if c["outcome"] == "trains"]
+    diverges = [c["peak_lr"] for c in cells if c["outcome"] == "diverges"]
+    return (max(trains) if trains else None, min(diverges) if diverges else None)
+
+
+def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None:
+    """The measured boundary (between m_low and m_high) inside the bracket [low, high), or
+    within `factor` of it; None where neither says anything."""
+    if low is None and high is None:
+        return False
+    if m_low is None and m_high is None:
+        return None
+    ok = True
+    if low is not None and m_high is not None:
+        ok &= low <= m_high * factor * (1 + 1e-9)
+    if high is not None and m_low is not None:
+        ok &= high * factor * (1 + 1e-9) >= m_low
+    return ok
+
+
+def report(half: str) -> str:
+    from batchscale import files
+    from batchscale.analysis import advise_rules
+    record = collect()
+    names = split()["tuning" if half == "tuning" else "held_out"]
+    runs = json.loads((OUT / "advise" / half / "runs.json").read_text())
+    rows, brackets, costs, missing = [], [], [], []
+    for recipe in names:
+        for length in LENGTHS:
+            path = advise_dir(half, recipe, length) / "advice.json"
+            if not path.exists():
+                missing.append(f"{recipe} {length}")
+                continue
+            advice = json.loads(path.read_text())
+            costs.append((recipe, length, advice["probe_images"], advice["probe_fraction"]))
+            for row in advice["rows"]:
+                cells = [c for c in record["cells"] if c["recipe"] == recipe
+                         and c["length"] == length and c["batch"] == row["batch"]]
+                if not cells:
+                    continue
+                m_low, m_high = measured_boundary(cells)
+                brackets.append((recipe, length, row["batch"], row["bracket_low"],
+                                 row["bracket_high"], m_low, m_high,
+                                 bracket_agrees(row["bracket_low"], row["bracket_high"], m_low,
+                                                m_high)))
+                for cell in cells:
+                    state = advise_rules.verdict(cell["peak_lr"], row["bracket_low"],
+                                                 row["bracket_high"])[0]
+                    correct = {"stable": "trains", "diverges": "diverges"}.get(state)
+                    rows.append((recipe, length, row["batch"], cell["lr"], cell["peak_lr"],
+                                 cell["outcome"], state, correct == cell["outcome"]))
+    n = len(rows)
+    right = sum(r[-1] for r in rows)
+    hedged = sum(r[6] == "at risk" for r in rows)
+    false_stable = [r for r in rows if r[6] == "stable" and r[5] == "diverges"]
+    judged = [b for b in brackets if b[-1] is not None]
+    agree = sum(bool(b[-1]) for b in judged)
+    tracebacks = sum(r["traceback"] for r in runs)
+    failures = sum(r["returncode"] != 0 for r in runs)
+    short_costs = [c for c in costs if c[1] == "short"]
+    lines = [f"# advise on the {half.replace('_', '-')} half of advise-truth", "",
+             f"Generated by `python scripts/advise_truth.py report {half}` from "
+             f"`advise/{half}/*/advice.json` and the runs' summaries (recipes: "
+             f"{', '.join(names)}).", "",
+             "| what | target | measured |", "|---|---|---|",
+             f"| verdicts correct (stable ↔ every seed trains; diverges ↔ a seed diverged; "
+             f"*at risk* counts as not correct) | ≥ 90% | {right}/{n} = "
+             f"{right / max(n, 1):.0%} ({hedged} at risk) |",
+             f"| 'stable' where a seed collapsed | 0 | {len(false_stable)} |",
+             f"| measured boundary inside the bracket or within a factor 2 | ≥ 80% of "
+             f"(recipe, B) | {agree}/{len(judged)} = {agree / max(len(judged), 1):.0%} |",
+             "| probe cost | ≤ one run for < 10 epochs | " + "; ".join(
+                 f"{r} {ln}: {img} images = {frac:.0%} of a run" for r, ln, img, frac in costs)
+             + " |",
+             "| predicted steps vs measured | within 1.5× or removed | removed |",
+             f"| tracebacks | 0 | {tracebacks} ({failures} non-zero exits of {len(runs)}) |"]
+    if missing:
+        lines += ["", f"Missing advice (not run or failed): {', '.join(missing)}."]
+    lines += ["", "## Every cell", "",
+              "| recipe | length | B | base lr | peak | measured | verdict | correct |",
+              "|---|---|---:|---:|---:|---|---|---|"]
+    lines += [f"| {r} | {ln} | {b} | {lr:g} | {p:.3g} | {o} | {v} | "
+              f"{'yes' if ok else '**no**'} |" for r, ln, b, lr, p, o, v, ok in rows]
+    lines += ["", "## Brackets of the largest stable peak", "",
+              "| recipe | length | B | bracket | measured boundary | within 2× |",
+              "|---|---|---:|---|---|---|"]
+    lines += [f"| {r} | {ln} | {b} | [{advise_rules.fmt(lo)}, {advise_rules.fmt(hi)}) | "
+              f"({advise_rules.fmt(ml)}, {advise_rules.fmt(mh)}] | "
+              f"{'n/a' if ok is None else 'yes' if ok else '**no**'} |"
+              for r, ln, b, lo, hi, ml, mh, ok in brackets]
+    text = "\n".join(lines) + "\n"
+    name = "report.md" if half == "held_out" else "report-tuning.md"
+    files.write_text(OUT / name, text)
+    del short_costs
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["split", "run", "collect", "advise", "report"])
+    parser.add_argument("length", nargs="?", choices=[*LENGTHS, "tuning", "held_out"],
+                        help="run: short | long; advise, report: tuning | held_out")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--batches", help="run: only these batch sizes, e.g. 128,32")
+    parser.add_argument("--recipes", help="run: only these recipes, e.g. bn-warmup,rmsprop")
+    args = parser.parse_args()
+    if args.what == "split":
+        from batchscale import files
+        OUT.mkdir(parents=True, exist_ok=True)
+        files.write_text(OUT / "split.json", json.dumps(split(), indent=1) + "\n")
+        print(json.dumps(split(), indent=1))
+    elif args.what == "run":
+        if args.length is None:
+            parser.error("run needs a length: short or long")
+        run(args.length, args.jobs,
+            [int(b) for b in args.batches.split(",")] if args.batches else None,
+            args.recipes.split(",") if args.recipes else None)
+    elif args.what == "advise":
+        advise_half(args.length)
+    elif args.what == "report":
+        print(report(args.length))
+    else:
+        record = collect()
+        print(f"{len(record['cells'])} cells in {OUT / 'outcomes.json'}")
+
+
+if __name__ == "__main__":
+    main()
