@@ -551,8 +551,8 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
     if not args.wait:
         print(f"follow with: {status_hint(args, out)}")
         return 0
-    wait_for_jobs(out, [records[n]["job_id"] for k in ("submitted", "resumed", "running",
-                                                         "queued") for n in outcome[k]])
+    wait_for_jobs([records[n]["job_id"] for k in ("submitted", "resumed", "running", "queued")
+                   for n in outcome[k]])
     print(status_table(runs, out))
     if all(_summary(out / r.directory).get("status") in rundir.FINAL_STATUSES
            for r in unique_runs(runs)):
@@ -561,7 +561,7 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
     return 1
 
 
-def wait_for_jobs(out: Path, job_ids: list[str], poll_s: float = WAIT_POLL_S) -> None:
+def wait_for_jobs(job_ids: list[str], poll_s: float = WAIT_POLL_S) -> None:
     """Until none of the jobs is queued or running (asked of squeue)."""
     while any(slurm_queue().get(job_id, ENDED) in ACTIVE_STATES for job_id in job_ids):
         time.sleep(poll_s)
