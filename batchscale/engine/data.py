@@ -14,6 +14,7 @@ the batches an uninterrupted one would.
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ class Split:
 def _decode(data: bytes, name: str) -> np.ndarray:
     """A 32x32 image's RGB pixels; its size is checked from the header, before decoding."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # its size is checked here, before any decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         width, height = image.size
         if (height, width) != IMAGE_SIZE[:2]:
             raise UserError(f"image {name} is {width}x{height}; every image must be "
