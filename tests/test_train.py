@@ -15,7 +15,7 @@ from batchscale.engine import checkpoint, rundir
 from batchscale.engine.train import PAUSE_ENV, train
 from batchscale.errors import UserError
 
-from conftest import ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, tiny_config
 
 TIMING = ("images_per_sec", "wall_s")
 
@@ -71,7 +71,7 @@ def _tiny_args(out):
     return [x for pair in pairs for x in pair] + ["--out", str(out), "--quiet"]
 
 
-def _wait_for_rows(path, rows, process, timeout=120):
+def _wait_for_rows(path, rows, process, timeout=PATIENCE_S):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists() and len(path.read_text().splitlines()) >= rows:
@@ -90,14 +90,20 @@ def test_killed_process_resumes_to_the_same_metrics(reference, tmp_path, sig):
     process = subprocess.Popen(_cli(*_tiny_args(out)), env=paused, stderr=subprocess.PIPE,
                                text=True)
     _wait_for_rows(out / "metrics.jsonl", 1, process)
-    process.send_signal(sig)
-    _, stderr = process.communicate(timeout=120)
+    deadline = time.monotonic() + PATIENCE_S
+    while not (out / "checkpoint.pt").exists():  # the row is written just before it
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.02)
+    process.send_signal(sig)  # the run waits after epoch 1's checkpoint: nothing half-written
+    _, stderr = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == (-9 if sig == signal.SIGKILL else 128 + sig)
     assert "Traceback" not in stderr
-    if (out / "checkpoint.pt").exists():  # none yet if the kill came between row and save
-        checkpoint.load(out / "checkpoint.pt")  # whole: a kill mid-save leaves the previous one
+    state = checkpoint.load(out / "checkpoint.pt")
+    # SIGKILL: epoch 1's checkpoint; SIGTERM: stopped after epoch 2's first step, saved there
+    expected = (1, 0) if sig == signal.SIGKILL else (1, 1)
+    assert (state["position"]["epoch"], state["position"]["step"]) == expected
     resumed = subprocess.run(_cli("--out", str(out), "--resume", "--quiet"), env=env,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=PATIENCE_S)
     assert resumed.returncode == 0, resumed.stderr
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # leftovers cleaned up
     assert without_timing(rundir.read_metrics(out)) == without_timing(
