@@ -1,5 +1,4 @@
-import sys
-
 from batchscale.cli import main
+from batchscale.engine.distributed import run_main
 
-sys.exit(main())
+run_main(main)

@@ -127,7 +127,9 @@ def test_training_with_the_noise_scale_tracked_keeps_the_trajectory(trained_run,
         assert tracked[0][key] == plain[0][key], key
     row = tracked[0]
     assert (row["noise_small_batch"], row["noise_big_batch"]) == (16, 64)
-    assert row["noise_trace_sigma"] > 0 and row["noise_b_simple"] is not None
+    assert row["noise_trace_sigma"] > 0 and row["noise_grad_sq"] > 0
+    assert row["noise_b_simple"] == pytest.approx(row["noise_trace_sigma"] / row["noise_grad_sq"],
+                                                  rel=1e-12)
     assert "noise_b_simple" not in plain[0]
 
 

@@ -8,14 +8,16 @@ import os
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from batchscale.bench import Reference, augment_one, to_tensor
 from batchscale.cli import main
 from batchscale.config import from_dict
-from batchscale.engine.data import Split, crop_flip, normalize
+from batchscale.engine.data import crop_flip, normalize
+from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import build
-from batchscale.engine.step import forward_loss, prepare_input
+from batchscale.engine.step import forward_loss, prepare_input, train_step
 
 from conftest import tiny_config
 
@@ -45,14 +47,30 @@ def test_reference_and_engine_compute_the_same_loss_on_the_same_batch():
 
 
 def test_reference_step_trains_the_same_model_class_and_optimizer():
-    cfg = tiny_config()
-    reference = Reference(cfg, torch.device("cpu"))
-    split = Split(torch.zeros(4, 32, 32, 3, dtype=torch.uint8), torch.arange(4))
-    before = [p.detach().clone() for p in reference.model.parameters()]
-    loss = reference.step(normalize(split.images).contiguous(), split.labels)
-    assert np.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, reference.model.parameters(),
-                                                                     strict=True))
+    """Two steps of the textbook loop and two of the engine on the same batches, from the same
+    initial weights: the same weights and momentum after them (float32 tolerance)."""
+    cfg = tiny_config(bn_group=0, weight_decay=5e-4)
+    setup = build(cfg, progress=False)
+    reference = Reference(cfg, setup.device)
+    assert type(reference.model) is type(setup.model)
+    assert type(reference.optimizer) is type(setup.optimizer)
+    for (name, a), b in zip(setup.model.state_dict().items(),
+                            reference.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same seed: the same initial weights
+    for step in range(2):
+        batch = slice(64 * step, 64 * (step + 1))
+        images = normalize(setup.train.images[batch]).contiguous()
+        labels = setup.train.labels[batch]
+        for optimizer in (setup.optimizer, reference.optimizer):
+            set_lr(optimizer, 0.05 * (step + 1))
+        train_step(setup, prepare_input(setup, images), labels)
+        reference.step(images, labels)
+    for (name, a), b in zip(setup.model.named_parameters(), reference.model.parameters(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(setup.optimizer.state[a]["momentum_buffer"],
+                                   reference.optimizer.state[b]["momentum_buffer"], rtol=1e-4,
+                                   atol=1e-5, msg=name)
 
 
 def test_bench_command_writes_its_json(tmp_path, capsys):
@@ -66,13 +84,25 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
     assert results == json.loads(capsys.readouterr().out)
     assert {"command", "git_commit", "date", "machine", "torch"} <= set(provenance)
     assert provenance["cpu_count"] == os.cpu_count() and provenance["load_1m_at_end"] >= 0
+    # each figure is what its parts say (to their rounding): 2 rounds, the first a warm-up;
+    # 128 images / 64 a step
     train = results["train"]
-    assert train["engine_images_per_sec"] > 0 and train["reference_images_per_sec"] > 0
+    assert train["steps_per_epoch"] == 2 and train["first_round_is_warmup"] is True
     assert len(train["engine_per_epoch"]) == len(train["reference_per_epoch"]) == 2
+    assert train["engine_images_per_sec"] == round(train["engine_per_epoch"][1], 1)
+    assert train["reference_images_per_sec"] == train["reference_per_epoch"][1]
+    assert train["engine_over_reference"] == pytest.approx(
+        train["engine_images_per_sec"] / train["reference_images_per_sec"], rel=1e-3, abs=1e-3)
+    assert all(r > 0 for r in train["engine_per_epoch"] + train["reference_per_epoch"])
     assert train["engine_settings"]["channels_last"] is False  # auto: width 4 < 8 on CPU
-    assert results["data"]["engine_batches_per_sec"] > 0
-    assert results["ghost"]["batch_size"] == 64 and results["ghost"]["bn_group"] == 16
-    assert results["ghost"]["ghost_over_loop"] > 0
+    data = results["data"]
+    assert data["batch_size"] == 64 and data["batches_per_round"] == 2
+    assert data["engine_over_reference"] == pytest.approx(
+        data["engine_batches_per_sec"] / data["reference_batches_per_sec"], rel=1e-3, abs=6e-3)
+    ghost = results["ghost"]
+    assert ghost["batch_size"] == 64 and ghost["bn_group"] == 16
+    assert ghost["ghost_over_loop"] == pytest.approx(
+        ghost["ghost_images_per_sec"] / ghost["loop_images_per_sec"], rel=1e-3, abs=1e-3)
 
 
 def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):

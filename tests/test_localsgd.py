@@ -27,7 +27,7 @@ from batchscale.engine.setup import build
 from batchscale.engine.train import PAUSE_ENV, Position, train
 from batchscale.errors import UserError
 
-from conftest import tiny_config
+from conftest import PATIENCE_S, tiny_config
 
 __all__ = ["data"]  # the fixture: 256 training images as a zip every process reads fast
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without distributed")
@@ -73,7 +73,8 @@ def drive(cfg, steps: int, world_size: int = 1, rank: int = 0) -> dict:
 def _worker(rank: int, port: int, data_path: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=PATIENCE_S))
     try:
         torch.save(drive(config(data_path, **LOCAL), max(SNAPSHOTS), 2, rank),
                    Path(out) / f"rank{rank}.pt")
@@ -86,12 +87,12 @@ def real(data, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("real")
     context = mp.start_processes(_worker, args=(free_port(), data, str(out)), nprocs=2,
                                  join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + PATIENCE_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            raise AssertionError("the spawned workers did not finish in 180 s")
+            raise AssertionError(f"the spawned workers did not finish in {PATIENCE_S} s")
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
@@ -187,7 +188,7 @@ def test_simulated_run_resumes_exactly_after_sigkill(simulated_reference, tmp_pa
             *config_flags(tiny_config(**SIMULATED))]
     process = subprocess.Popen(args, env={**ENV, PAUSE_ENV: "2"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)  # waits after epoch 2: killed
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PATIENCE_S
     while len(rundir.read_metrics(out)) < 2:  # epoch 2 ends mid-period (step 8 of 6, 9)
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.01)
@@ -195,7 +196,7 @@ def test_simulated_run_resumes_exactly_after_sigkill(simulated_reference, tmp_pa
     process.wait()
     assert not (out / "summary.json").exists()
     result = subprocess.run([*args, "--resume"], env=ENV, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=PATIENCE_S)
     assert result.returncode == 0, result.stderr
     assert without_timing(rundir.read_metrics(out)) == without_timing(
         rundir.read_metrics(simulated_reference))
@@ -212,7 +213,7 @@ def real_args(data_path: str, out: Path, *extra: str) -> list[str]:
 def real_reference(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real-run") / "run"
     result = subprocess.run(real_args(data, out), env=ENV, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=PATIENCE_S)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -225,7 +226,7 @@ def test_real_workers_resume_exactly_mid_period(how, real_reference, data, tmp_p
     epoch = 1 if how == "sigterm" else 2  # the workers wait there until the signal
     launcher = subprocess.Popen(real_args(data, out), env={**ENV, PAUSE_ENV: str(epoch)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + PATIENCE_S
     while len(rundir.read_metrics(out)) < epoch:
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()
         time.sleep(0.01)
@@ -235,7 +236,7 @@ def test_real_workers_resume_exactly_mid_period(how, real_reference, data, tmp_p
         rank1 = worker_pids(launcher.pid).get(1)
         assert rank1 is not None, "worker 1 is not running"
         os.kill(rank1, signal.SIGKILL)
-    launcher.communicate(timeout=180)
+    launcher.communicate(timeout=PATIENCE_S)
     summary = out / "summary.json"
     # SIGTERM: every worker stops with a checkpoint; SIGKILL of worker 1: worker 0's collective
     # fails, so the run is called failed (and resumes from its epoch-2 checkpoint)
@@ -243,7 +244,7 @@ def test_real_workers_resume_exactly_mid_period(how, real_reference, data, tmp_p
     state = checkpoint.load(out / "checkpoint.pt")
     assert len(state["position"]["local_state"]["workers"]) == 1
     result = subprocess.run(real_args(data, out, "--resume"), env=ENV, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=PATIENCE_S)
     assert result.returncode == 0, result.stderr
     assert without_timing(rundir.read_metrics(out)) == without_timing(
         rundir.read_metrics(real_reference))

@@ -89,7 +89,7 @@ def test_whole_batch_bn_measures_the_quarter_batch_function(problem):
     assert online(model, images, labels, every_group=True, group_size=BIG) == pytest.approx(
         truth, rel=0.08)
     old = online(model, images, labels, every_group=False, group_size=BIG, steps=500)
-    assert old is None or abs(old / truth - 1) > 0.3
+    assert old is not None and abs(old / truth - 1) > 0.3  # measured: 6.3, truth a few tens
 
 
 def test_per_worker_bn_pairs_the_step_with_one_of_its_groups(problem):
@@ -99,3 +99,36 @@ def test_per_worker_bn_pairs_the_step_with_one_of_its_groups(problem):
     assert noise.measured_batches(SMALL, BIG) == (SMALL, BIG, False)
     assert online(model, images, labels, every_group=False, group_size=SMALL) == pytest.approx(
         truth, rel=0.08)
+
+
+def test_noise_scale_of_exact_per_sample_gradients():
+    """No batch norm, so each sample has its own gradient: computed one by one for 64 fixed
+    samples of a tiny float64 network they give the exact G (their mean), tr Σ (their
+    variance, summed) and B_simple = tr Σ / |G|². The tracker, fed by `observe_step` the
+    gradients of batches of 16 drawn with replacement from the 64 and of their first quarters
+    (so E|g_b|² = |G|² + tr Σ / b holds exactly), finds it. Measured over seeds 0-4 at 2,000
+    steps: -3.9% to +1.7%."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    images = torch.randn(64, 5, generator=generator, dtype=torch.float64)
+    images[torch.arange(64), labels] += 0.5
+
+    def loss_of(x, y):
+        return F.cross_entropy(model(x), y)
+
+    params = list(model.parameters())
+    per_sample = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        loss_of(images[i:i + 1], labels[i:i + 1]), params)]) for i in range(64)])
+    exact = per_sample.var(0, unbiased=False).sum() / per_sample.mean(0).square().sum()
+    assert 5 < exact < 50  # a noise scale between the small and the big batch's sizes
+
+    tracker = noise.NoiseScaleTracker(SMALL, BIG, decay=1 - 1e-9)
+    draws = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        pick = torch.randint(0, 64, (BIG,), generator=draws)
+        model.zero_grad()
+        loss_of(images[pick], labels[pick]).backward()
+        noise.observe_step(tracker, model, images[pick], labels[pick], loss_of)
+    assert tracker.values()["noise_b_simple"] == pytest.approx(exact.item(), rel=0.07)

@@ -93,6 +93,54 @@ def test_lars_two_steps_by_hand_with_bn_and_bias_excluded():
     close(model.fc1.bias, [0.75 - 0.5 * 0.95, -2.25 - 0.5 * 0.95])
 
 
+def test_lars_follows_the_paper_when_the_rate_changes():
+    """You et al. 2017, Algorithm 1: v <- m v + gamma_t lambda (g + beta w); w <- w - v. The rate
+    is inside the buffer, so a step whose rate drops from 0.5 to 0.1 keeps the first step's
+    0.5 in the momentum (torch.optim.SGD's form, w -= gamma_t (m v + d), would not)."""
+    model = two_layer(**GRADS)
+    opt = optimizer("lars", model, trust_coefficient=0.01)
+    opt.step()  # gamma = 0.5
+    # W1: lambda = 0.01*5 / (1 + 0.1*5) = 1/30; g + beta W1 = [[0.9, 0], [0, 1.2]]
+    v1 = [0.5 / 30 * 0.9, 0.5 / 30 * 1.2]  # [0.015, 0.02]
+    close(model.fc1.weight, [[3.0 - v1[0], 0.0], [0.0, 4.0 - v1[1]]])
+    # bias (excluded: lambda 1, no decay): v = 0.5 * 0.5
+    close(model.fc1.bias, [1.0 - 0.25, -2.0 - 0.25])
+    for group in opt.param_groups:
+        group["lr"] = 0.1
+    opt.step()  # gamma = 0.1, the same gradients
+    # |W1| = |[[2.985, 0], [0, 3.98]]| = 4.975; lambda = 0.01*4.975 / (1 + 0.1*4.975)
+    lam = 0.04975 / 1.4975
+    v2 = [0.9 * v1[0] + 0.1 * lam * (0.6 + 0.1 * 2.985),
+          0.9 * v1[1] + 0.1 * lam * (0.8 + 0.1 * 3.98)]
+    close(model.fc1.weight, [[2.985 - v2[0], 0.0], [0.0, 3.98 - v2[1]]])
+    # bias: v = 0.9 * 0.25 + 0.1 * 0.5 = 0.275
+    close(model.fc1.bias, [0.75 - 0.275, -2.25 - 0.275])
+    # fc2 W2 = [[6, 8]], |W2| = 10, g = [[0, 0.5]]: lambda = 0.1 / (0.5 + 1) = 1/15
+    u1 = [0.5 / 15 * 0.6, 0.5 / 15 * (0.5 + 0.8)]
+    w2 = [6.0 - u1[0], 8.0 - u1[1]]
+    lam2 = 0.01 * math.hypot(*w2) / (0.5 + 0.1 * math.hypot(*w2))
+    u2 = [0.9 * u1[0] + 0.1 * lam2 * (0.1 * w2[0]), 0.9 * u1[1] + 0.1 * lam2 * (0.5 + 0.1 * w2[1])]
+    close(model.fc2.weight, [[w2[0] - u2[0], w2[1] - u2[1]]])
+
+
+def test_lars_buffer_of_an_older_checkpoint_takes_its_rate_in():
+    """A checkpoint written before the rate moved into the buffer holds sum m^k lambda d: loaded,
+    it is multiplied by the saved rate, then steps on as the paper's (exact at a constant rate)."""
+    model = two_layer(**GRADS)
+    opt = optimizer("lars", model, trust_coefficient=0.01)
+    opt.step()
+    state = opt.state_dict()
+    for slot in state["state"].values():  # as the earlier LARS saved it: no rate, no marker
+        slot["momentum_buffer"] = slot["momentum_buffer"] / 0.5
+        del slot["buffer_holds_lr"]
+    fresh = optimizer("lars", two_layer(**GRADS), trust_coefficient=0.01)
+    fresh.load_state_dict(state)
+    for before, after in zip(opt.state.values(), fresh.state.values(), strict=True):
+        torch.testing.assert_close(after["momentum_buffer"], before["momentum_buffer"],
+                                   rtol=1e-15, atol=0)
+        assert after["buffer_holds_lr"] is True
+
+
 def test_lars_default_trust_coefficient_is_0_001():
     assert from_dict({}).trust_coefficient == 0.001
     model = two_layer(**GRADS)
@@ -157,10 +205,13 @@ def test_zero_gradient_or_zero_weight_gives_no_nan_and_a_trust_ratio_of_one(name
         close(model.fc2.weight, [[-0.5 * 0.3 / (0.3 + 1e-6), 0.5 * 0.4 / (0.4 + 1e-6)]])
 
 
-def test_lars_zero_gradient_with_decay_falls_back_to_plain_decay():
+def test_lars_zero_gradient_with_decay_keeps_the_papers_ratio():
+    """g = 0, beta > 0: lambda = eta |w| / (0 + beta |w|) = eta / beta (the limit as |g| -> 0),
+    so the decay step is gamma eta w, not the gamma beta w of a ratio of 1."""
     model = two_layer(**{**GRADS, "fc1_weight": [[0.0, 0.0], [0.0, 0.0]]})
     optimizer("lars", model, momentum=0.0).step()
-    close(model.fc1.weight, [[3.0 - 0.5 * 0.1 * 3.0, 0.0], [0.0, 4.0 - 0.5 * 0.1 * 4.0]])
+    # eta = 0.001, beta = 0.1: lambda = 0.01; w -= 0.5 * 0.01 * 0.1 * w
+    close(model.fc1.weight, [[3.0 * (1 - 0.0005), 0.0], [0.0, 4.0 * (1 - 0.0005)]])
 
 
 # ---------------------------------------------------------------------- weight-decay exclusion
@@ -194,7 +245,12 @@ def test_poly_schedule_decays_as_a_square_to_zero_after_warmup():
 
 
 def test_poly_is_a_config_choice_and_bad_values_are_user_errors():
-    assert from_dict({"schedule": "poly"}).schedule == "poly"
+    from batchscale.engine.schedule import plan_from_config
+
+    cfg = from_dict({"schedule": "poly", "lr": 0.1, "batch_size": 64, "base_batch_size": 64,
+                     "epochs": 10, "warmup_epochs": 0})
+    plan = plan_from_config(cfg, steps_per_epoch=10)  # 100 steps, no warmup
+    assert [plan.lr_at(s) for s in (0, 50, 90)] == pytest.approx([0.1, 0.025, 0.001])
     for bad in ({"optimizer": "adamw"}, {"trust_coefficient": 0}, {"label_smoothing": 1.0},
                 {"lamb_beta2": 1.0}):
         with pytest.raises(UserError):
@@ -217,7 +273,17 @@ def test_train_with_lars_poly_and_label_smoothing_completes(tmp_path):
     cfg = tiny_config(optimizer="lars", epochs=1, lr=0.1, schedule="poly", warmup_epochs=0.5,
                       label_smoothing=0.1)
     summary = train(cfg, tmp_path / "run", quiet=True)
-    assert summary["status"] == "completed" and summary["final_test_acc"] > 0
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    # 4 steps, warmup 2: poly's last rate 0.1 * (1 - 1/2)^2; the label-smoothed training loss
+    # is at least the smoothing's floor, 0.1 * mean over classes of -log p >= 0.1 * ln 10
+    (row,) = rundir.read_metrics(tmp_path / "run")
+    assert row["lr"] == pytest.approx(0.025)
+    assert row["train_loss"] >= 0.1 * math.log(10)
+    # the checkpoint is LARS's: its groups, and buffers that hold the rate
+    saved = checkpoint.load(tmp_path / "run" / checkpoint.NAME)["optimizer"]
+    assert [(g["adapt"], g["weight_decay"] > 0) for g in saved["param_groups"]] == [
+        (True, True), (False, False)]
+    assert saved["state"] and all(s["buffer_holds_lr"] for s in saved["state"].values())
 
 
 def test_lamb_run_resumes_exactly(tmp_path):

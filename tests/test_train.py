@@ -8,14 +8,19 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from batchscale.config import from_dict
 from batchscale.engine import checkpoint, rundir
+from batchscale.engine.data import EpochLoader
+from batchscale.engine.optim import set_lr
+from batchscale.engine.setup import build
+from batchscale.engine.step import prepare_input, train_step
 from batchscale.engine.train import PAUSE_ENV, train
 from batchscale.errors import UserError
 
-from conftest import ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, tiny_config
 
 TIMING = ("images_per_sec", "wall_s")
 
@@ -46,6 +51,9 @@ def test_run_directory_holds_config_metrics_summary_checkpoint(reference):
     assert saved["best_test_acc"] == max(r["test_acc"] for r in rows)
     assert saved["noise_scale_g"] == pytest.approx(0.05 * (256 / 64 - 1))
     assert saved["environment"]["seed"] == 3 and saved["test_images"] == 1000
+    # the data set is resident once, as uint8: (256 train + 1,000 test) x (32*32*3 + 8) bytes
+    assert saved["memory"]["data_mb"] == round(1256 * (3072 + 8) / 2**20, 2) == 3.69
+    assert saved["memory"]["peak_host_rss_mb"] > 100
     assert yaml.safe_load((out / "config.yaml").read_text()) == tiny_config(
         epochs=3, warmup_epochs=1).to_dict()
 
@@ -71,7 +79,7 @@ def _tiny_args(out):
     return [x for pair in pairs for x in pair] + ["--out", str(out), "--quiet"]
 
 
-def _wait_for_rows(path, rows, process, timeout=120):
+def _wait_for_rows(path, rows, process, timeout=PATIENCE_S):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists() and len(path.read_text().splitlines()) >= rows:
@@ -90,14 +98,20 @@ def test_killed_process_resumes_to_the_same_metrics(reference, tmp_path, sig):
     process = subprocess.Popen(_cli(*_tiny_args(out)), env=paused, stderr=subprocess.PIPE,
                                text=True)
     _wait_for_rows(out / "metrics.jsonl", 1, process)
-    process.send_signal(sig)
-    _, stderr = process.communicate(timeout=120)
+    deadline = time.monotonic() + PATIENCE_S
+    while not (out / "checkpoint.pt").exists():  # the row is written just before it
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.02)
+    process.send_signal(sig)  # the run waits after epoch 1's checkpoint: nothing half-written
+    _, stderr = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == (-9 if sig == signal.SIGKILL else 128 + sig)
     assert "Traceback" not in stderr
-    if (out / "checkpoint.pt").exists():  # none yet if the kill came between row and save
-        checkpoint.load(out / "checkpoint.pt")  # whole: a kill mid-save leaves the previous one
+    state = checkpoint.load(out / "checkpoint.pt")
+    # SIGKILL: epoch 1's checkpoint; SIGTERM: stopped after epoch 2's first step, saved there
+    expected = (1, 0) if sig == signal.SIGKILL else (1, 1)
+    assert (state["position"]["epoch"], state["position"]["step"]) == expected
     resumed = subprocess.run(_cli("--out", str(out), "--resume", "--quiet"), env=env,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=PATIENCE_S)
     assert resumed.returncode == 0, resumed.stderr
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # leftovers cleaned up
     assert without_timing(rundir.read_metrics(out)) == without_timing(
@@ -144,13 +158,29 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path):
         checkpoint.load(path)
 
 
-def test_loop_implementation_trains_end_to_end(tmp_path):
-    summary = train(tiny_config(epochs=1, bn_group=16, bn_impl="loop"), tmp_path / "r",
-                    quiet=True)
-    assert summary["status"] == "completed" and summary["final_test_acc"] > 0
-    # the data set is resident once, as uint8: (256 train + 1,000 test) x (32*32*3 + 8) bytes
-    assert summary["memory"]["data_mb"] == round(1256 * (3072 + 8) / 2**20, 2) == 3.69
-    assert summary["memory"]["peak_host_rss_mb"] > 100
+def test_loop_implementation_takes_the_ghost_step_in_the_engine_float64():
+    """The training loop's own step (step.train_step, augmentation and loss as in a run) with
+    `--bn-impl loop`, Algorithm 1 as written, and with `ghost`, from the same weights on the same
+    batch, in float64: the same weights, momentum and running statistics after two steps (the
+    layer-level equivalence is tests/test_norm.py's; a whole loop run costs ~4x a ghost one)."""
+    states = []
+    for impl in ("loop", "ghost"):
+        cfg = tiny_config(train_subset=64, batch_size=32, bn_group=8, bn_impl=impl)
+        setup = build(cfg, progress=False)
+        setup.model.double()
+        loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0)
+        for step in range(2):
+            images, labels = loader.batch(step)
+            set_lr(setup.optimizer, 0.05)
+            train_step(setup, prepare_input(setup, images).double(), labels)
+        momentum = [setup.optimizer.state[p]["momentum_buffer"] for p in setup.model.parameters()]
+        states.append(({k: v.clone() for k, v in setup.model.state_dict().items()}, momentum))
+    (loop, loop_momentum), (ghost, ghost_momentum) = states
+    assert [k for k in loop if k.endswith("running_mean")]
+    for name in loop:
+        torch.testing.assert_close(loop[name], ghost[name], rtol=1e-9, atol=1e-12, msg=name)
+    for a, b in zip(loop_momentum, ghost_momentum, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_bf16_autocast_trains_on_cpu_in_lower_precision(tmp_path):

@@ -17,6 +17,7 @@ writes the run directory; it sends what it read (the checkpoint) to the others.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +41,7 @@ from batchscale.errors import UserError
 
 LAUNCHER_ENV = "BATCHSCALE_LAUNCHER"  # set by `--workers`: the launcher prints the closing line
 FILE_STORE_ENV = "BATCHSCALE_FILE_STORE"  # set by `--workers`: the workers meet in this file
+_joined = False  # whether this process joined a group of several workers (see `leave`)
 
 
 # ---------------------------------------------------------------------- the environment
@@ -124,10 +127,46 @@ def process_group(cfg):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"rank {world.rank}: the {world.size} workers did not all join at "
                         f"{where} within {cfg.dist_timeout:g} s ({reason})") from None
+    global _joined
+    _joined = True
     try:
         yield world
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- leaving
+def run_main(main) -> None:
+    """`sys.exit(main())`, except that a process that joined a group of workers leaves through
+    `leave`: an uncaught exception there prints its traceback and ends the process with 1."""
+    try:
+        code = main()
+    except BaseException:
+        if not _joined:
+            raise
+        traceback.print_exc()
+        code = 1
+    leave(code)
+
+
+def leave(code) -> None:
+    """End the process with `code`. One that joined a group of workers runs its exit functions
+    and flushes its output while the interpreter is whole, then ends with os._exit: it never
+    finalizes the interpreter. gloo's worker threads outlive destroy_process_group (DDP's
+    reducer still holds the group), and one that drops the last reference to a tensor whose
+    Python object C++ owns (the input of a collective that just ended) takes the GIL to release
+    it. If the interpreter is finalizing by then, Python ends that thread with pthread_exit,
+    whose unwinding through the tensor's noexcept destructor calls std::terminate: the worker
+    dies of SIGABRT ("terminate called without an active exception", exit code -6) after its
+    run had finished (tests/test_distributed.py forces that race; docs/distributed.md, Leaving)."""
+    if not _joined:
+        sys.exit(code)
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    atexit._run_exitfuncs()  # tempfile, logging, TensorBoard: with the interpreter whole
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _attempt_store(world: World, timeout: timedelta):

@@ -8,13 +8,21 @@ and shifts, biases — the `bn_and_bias` group of `batchscale.engine.optim`) are
 adaptation and from weight decay, as is customary: they take a plain momentum-SGD step (LARS) or
 a plain Adam step (LAMB).
 
-LARS, for a tensor w with gradient g, weight decay wd, trust coefficient η, momentum μ, rate lr:
+LARS is You, Gitman & Ginsburg 2017 ("Large batch training of convolutional networks"),
+Algorithm 1, for a tensor w with gradient g, weight decay β, trust coefficient η, momentum m and
+the step's global rate γ_t (warmup, decay):
 
-    trust = η·‖w‖ / (‖g‖ + wd·‖w‖)          (1 where ‖w‖ or ‖g‖ is 0)
-    v     = μ·v + trust·(g + wd·w)
-    w     = w − lr·v
+    λ = η·‖w‖ / (‖g‖ + β·‖w‖)               (1 where ‖w‖ is 0; 0/0 where β = 0 and g = 0)
+    v ← m·v + γ_t·λ·(g + β·w)
+    w ← w − v
 
-The momentum buffer holds no lr (as torch.optim.SGD), so warmup and decay act on the next step.
+The rate sits inside the momentum buffer, as in the paper and in TensorFlow's LARSOptimizer used
+by the MLPerf ResNet-50 references: a change of γ_t acts on the new gradient only, while the
+buffer keeps the rates it was built with (torch.optim.SGD's form, v ← m·v + d; w ← w − γ_t·v,
+would rescale the whole buffer at once). A zero gradient with decay keeps the paper's ratio η/β
+(the step is continuous as ‖g‖ → 0); a zero weight takes ratio 1, as TensorFlow's, since the
+paper's 0 would leave a zero-initialised tensor at zero forever. Excluded groups take the same
+momentum step with λ = 1 and no decay. docs/recipes.md says why this form.
 
 LAMB, with Adam's moments and bias correction at step t (1-based):
 
@@ -32,15 +40,21 @@ import torch
 
 
 def trust_ratio(numerator: torch.Tensor, denominator: torch.Tensor,
-                weight_norm: torch.Tensor, update_norm: torch.Tensor) -> torch.Tensor:
-    """numerator / denominator, or 1 where the weight or the update norm is zero."""
-    usable = (weight_norm > 0) & (update_norm > 0)
+                weight_norm: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator; 1 where the weight norm or the denominator is zero (a zero
+    denominator with a nonzero weight means a zero update: any ratio gives the same step)."""
+    usable = (weight_norm > 0) & (denominator > 0)
     safe = torch.where(usable, denominator, torch.ones_like(denominator))
     return torch.where(usable, numerator / safe, torch.ones_like(numerator))
 
 
 class LARS(torch.optim.Optimizer):
-    """Momentum SGD with a layer-wise trust ratio on groups whose `adapt` is True."""
+    """Momentum SGD with the rate inside the buffer (You et al. 2017, Algorithm 1) and a
+    layer-wise trust ratio on groups whose `adapt` is True."""
+
+    # momentum buffers written before the rate moved inside them (a checkpoint of an older
+    # batchscale) held Σ m^k·λ·d; loading one multiplies it by the group's saved rate
+    BUFFER_HOLDS_LR = "buffer_holds_lr"
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, adapt: bool = True):
@@ -57,27 +71,34 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            wd, momentum = group["weight_decay"], group["momentum"]
+            wd, momentum, lr = group["weight_decay"], group["momentum"], group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
+                update = p.grad + wd * p if wd else p.grad.clone()
                 if group["adapt"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = trust_ratio(group["trust_coefficient"] * w_norm,
-                                        g_norm + wd * w_norm, w_norm, g_norm)
-                    grad = (grad + wd * p if wd else grad) * trust
-                elif wd:
-                    grad = grad + wd * p
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
+                    update.mul_(trust_ratio(group["trust_coefficient"] * w_norm,
+                                            g_norm + wd * w_norm, w_norm))
+                update.mul_(lr)
                 if momentum:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = grad.clone()
+                        state["momentum_buffer"] = update
+                        state[self.BUFFER_HOLDS_LR] = True
                     else:
-                        state["momentum_buffer"].mul_(momentum).add_(grad)
-                    grad = state["momentum_buffer"]
-                p.add_(grad, alpha=-group["lr"])
+                        update = state["momentum_buffer"].mul_(momentum).add_(update)
+                p.sub_(update)
         return loss
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "momentum_buffer" in state and not state.get(self.BUFFER_HOLDS_LR):
+                    state["momentum_buffer"].mul_(group["lr"])  # exact if the rate was constant
+                    state[self.BUFFER_HOLDS_LR] = True
 
 
 class LAMB(torch.optim.Optimizer):
@@ -119,7 +140,7 @@ class LAMB(torch.optim.Optimizer):
                 if group["adapt"]:
                     w_norm = torch.linalg.vector_norm(p)
                     u_norm = torch.linalg.vector_norm(update)
-                    update.mul_(trust_ratio(w_norm, u_norm, w_norm, u_norm))
+                    update.mul_(trust_ratio(w_norm, u_norm, w_norm))
                 p.add_(update, alpha=-group["lr"])
         return loss
 
