@@ -29,8 +29,7 @@ from batchscale.engine.noise import (
     BackwardNorms,
     Estimate,
     NoiseScaleTracker,
-    observe_reduced,
-    squared_norm,
+    fast_squared_norm,
 )
 
 __all__ = ["CollapseMonitor", "Estimate", "NoiseScale"]
@@ -54,9 +53,11 @@ class NoiseScale:
     - Parameters without `requires_grad` are left out; one a pass does not use counts as zero.
     - `every=N` measures only every N-th step; `span` is the moving averages' span in measured
       steps. Nothing synchronizes the host but `estimate()`.
-    - Under DDP a measured step all-reduces one scalar. With batch norm the small batches must
-      compute the same function as the big one (per-worker BN under DDP is; a split batch with
-      BN over the whole batch is not: see docs/analysis.md).
+    - Under DDP nothing is communicated per step: each worker averages its own local norms, and
+      `estimate()` averages the workers' averages (one all-reduce: call it on every worker).
+      With batch norm the small batches must compute the same function as the big one
+      (per-worker BN under DDP is; a split batch with BN over the whole batch is not: see
+      docs/analysis.md).
 
     Example (one process, the batch split in two)::
 
@@ -148,10 +149,8 @@ class NoiseScale:
         # each pass's loss was divided by `passes`: a small-batch gradient is passes x the pass's
         small_sq = local_sq * passes
         scale, big_scale, valid = self._scales()
-        if self.distributed:
-            observe_reduced(self.tracker, small_sq, self.parameters, scale, big_scale, valid)
-            return
-        big_sq = squared_norm([p.grad for p in self.parameters]).to(small_sq)
+        # under DDP small_sq is this worker's own: estimate() averages the workers' averages
+        big_sq = fast_squared_norm([p.grad for p in self.parameters]).to(small_sq)
         if valid is not None:  # an overflowed AMP step: left out
             valid = torch.isfinite(small_sq) & torch.isfinite(big_sq)
         self.tracker.observe(small_sq / scale ** 2, big_sq / big_scale ** 2, valid)
@@ -171,7 +170,8 @@ class NoiseScale:
 
     # ------------------------------------------------------------------ reading
     def estimate(self) -> Estimate:
-        """The current estimate (synchronizes the host once): `.b_simple` (None when undefined:
+        """The current estimate (synchronizes the host once; under DDP a collective, to call on
+        every worker): `.b_simple` (None when undefined:
         |G|² ≤ 0), `.error`, `.grad_sq`, `.trace_sigma`, `.small_batch`, `.big_batch`,
         `.observations`; `str()` says it in a line.
 
@@ -182,7 +182,7 @@ class NoiseScale:
         """
         if self.tracker is None:
             return Estimate(None, None, None, None, self.batch_size or 0, 0, 0)
-        return self.tracker.estimate()
+        return self.tracker.estimate(average_workers=self.distributed)
 
     def close(self) -> None:
         """Remove the hooks (also on leaving a `with NoiseScale(...) as noise:` block)."""
