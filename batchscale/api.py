@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from batchscale.analysis import advise as advise_probe
+from batchscale.config import from_dict
 from batchscale.engine import collapse
 from batchscale.engine.noise import (
     BackwardNorms,
@@ -32,7 +35,7 @@ from batchscale.engine.noise import (
     fast_squared_norm,
 )
 
-__all__ = ["CollapseMonitor", "Estimate", "NoiseScale"]
+__all__ = ["CollapseMonitor", "Estimate", "NoiseScale", "advise"]
 
 
 class NoiseScale:
@@ -273,3 +276,39 @@ class CollapseMonitor:
         if self.streaks.add(is_stalled, is_stalled and loss >= collapse.EXPLODED * self.baseline):
             self.collapsed_epoch, self.reason = self.epoch, collapse.REASON
         return self.collapsed
+
+
+def factory_spec(model: str | Callable[[int], nn.Module]) -> str:
+    """"MODULE:FACTORY" for a factory given as a string or as a module-level callable."""
+    if isinstance(model, str):
+        return model
+    name = getattr(model, "__qualname__", "")
+    if not callable(model) or not name or "<" in name:
+        raise ValueError("model must be 'MODULE:FACTORY' or a module-level function (not a "
+                         f"lambda or a local function), got {model!r}")
+    return f"{model.__module__}:{name}"
+
+
+def advise(batches: Sequence[int], out: str | Path, *,
+           model: str | Callable[[int], nn.Module] | None = None, budget_images: int = 0,
+           overwrite: bool = False, quiet: bool = True, **recipe) -> dict:
+    """`batchscale advise` from Python: the probe of `recipe` (TrainConfig fields: dataset, lr,
+    base_batch_size, optimizer, scale_rule, warmup_epochs, schedule, epochs, ...) at `batches`,
+    on batchscale's ResNet-18 or on `model` (a factory `f(num_classes) -> nn.Module`, by
+    "MODULE:FACTORY" or as a module-level function). Writes advice.json/.md/.png into `out`
+    and returns the advice.json record. A thin wrapper: the data are batchscale's datasets
+    (`dataset`: sample, cifar10 or an image folder) and the loss is cross-entropy.
+
+    Example::
+
+        record = advise([32, 128, 512], "advice/", model="mynets:make", lr=0.1,
+                        base_batch_size=32, scale_rule="linear", warmup_epochs=2, epochs=30)
+        print(record["advice"]["batch"])
+    """
+    fields = dict(recipe)
+    if model is not None:
+        fields["model"] = factory_spec(model)
+    cfg = from_dict(fields)
+    chosen = advise_probe.check_batches(",".join(str(b) for b in batches), cfg)
+    return advise_probe.advise(cfg, chosen, Path(out), budget_images=budget_images,
+                               overwrite=overwrite, quiet=quiet)
