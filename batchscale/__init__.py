@@ -5,9 +5,9 @@ its diagnostics (noise scale, collapse) for any PyTorch model: `from batchscale 
 __version__ = "0.1.0"
 
 # the Python API for any model and training loop (docs/api.md)
-from batchscale.api import CollapseMonitor, Estimate, NoiseScale  # noqa: E402
+from batchscale.api import CollapseMonitor, Estimate, NoiseScale, advise  # noqa: E402
 
-__all__ = ["CollapseMonitor", "Estimate", "NoiseScale", "__version__"]
+__all__ = ["CollapseMonitor", "Estimate", "NoiseScale", "__version__", "advise"]
 
 # OpenMP's wait policy is left at its default (threads spin briefly while they wait): on cores a
 # run has to itself, that measured 1.26x faster than OMP_WAIT_POLICY=PASSIVE. Where runs share

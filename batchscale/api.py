@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from batchscale.analysis import advise as advise_probe
+from batchscale.config import from_dict
 from batchscale.engine import collapse
 from batchscale.engine.noise import (
     BackwardNorms,
     Estimate,
     NoiseScaleTracker,
-    observe_reduced,
-    squared_norm,
+    fast_squared_norm,
 )
 
-__all__ = ["CollapseMonitor", "Estimate", "NoiseScale"]
+__all__ = ["CollapseMonitor", "Estimate", "NoiseScale", "advise"]
 
 
 class NoiseScale:
@@ -54,9 +56,11 @@ class NoiseScale:
     - Parameters without `requires_grad` are left out; one a pass does not use counts as zero.
     - `every=N` measures only every N-th step; `span` is the moving averages' span in measured
       steps. Nothing synchronizes the host but `estimate()`.
-    - Under DDP a measured step all-reduces one scalar. With batch norm the small batches must
-      compute the same function as the big one (per-worker BN under DDP is; a split batch with
-      BN over the whole batch is not: see docs/analysis.md).
+    - Under DDP nothing is communicated per step: each worker averages its own local norms, and
+      `estimate()` averages the workers' averages (one all-reduce: call it on every worker).
+      With batch norm the small batches must compute the same function as the big one
+      (per-worker BN under DDP is; a split batch with BN over the whole batch is not: see
+      docs/analysis.md).
 
     Example (one process, the batch split in two)::
 
@@ -148,10 +152,8 @@ class NoiseScale:
         # each pass's loss was divided by `passes`: a small-batch gradient is passes x the pass's
         small_sq = local_sq * passes
         scale, big_scale, valid = self._scales()
-        if self.distributed:
-            observe_reduced(self.tracker, small_sq, self.parameters, scale, big_scale, valid)
-            return
-        big_sq = squared_norm([p.grad for p in self.parameters]).to(small_sq)
+        # under DDP small_sq is this worker's own: estimate() averages the workers' averages
+        big_sq = fast_squared_norm([p.grad for p in self.parameters]).to(small_sq)
         if valid is not None:  # an overflowed AMP step: left out
             valid = torch.isfinite(small_sq) & torch.isfinite(big_sq)
         self.tracker.observe(small_sq / scale ** 2, big_sq / big_scale ** 2, valid)
@@ -171,7 +173,8 @@ class NoiseScale:
 
     # ------------------------------------------------------------------ reading
     def estimate(self) -> Estimate:
-        """The current estimate (synchronizes the host once): `.b_simple` (None when undefined:
+        """The current estimate (synchronizes the host once; under DDP a collective, to call on
+        every worker): `.b_simple` (None when undefined:
         |G|² ≤ 0), `.error`, `.grad_sq`, `.trace_sigma`, `.small_batch`, `.big_batch`,
         `.observations`; `str()` says it in a line.
 
@@ -182,7 +185,7 @@ class NoiseScale:
         """
         if self.tracker is None:
             return Estimate(None, None, None, None, self.batch_size or 0, 0, 0)
-        return self.tracker.estimate()
+        return self.tracker.estimate(average_workers=self.distributed)
 
     def close(self) -> None:
         """Remove the hooks (also on leaving a `with NoiseScale(...) as noise:` block)."""
@@ -273,3 +276,39 @@ class CollapseMonitor:
         if self.streaks.add(is_stalled, is_stalled and loss >= collapse.EXPLODED * self.baseline):
             self.collapsed_epoch, self.reason = self.epoch, collapse.REASON
         return self.collapsed
+
+
+def factory_spec(model: str | Callable[[int], nn.Module]) -> str:
+    """"MODULE:FACTORY" for a factory given as a string or as a module-level callable."""
+    if isinstance(model, str):
+        return model
+    name = getattr(model, "__qualname__", "")
+    if not callable(model) or not name or "<" in name:
+        raise ValueError("model must be 'MODULE:FACTORY' or a module-level function (not a "
+                         f"lambda or a local function), got {model!r}")
+    return f"{model.__module__}:{name}"
+
+
+def advise(batches: Sequence[int], out: str | Path, *,
+           model: str | Callable[[int], nn.Module] | None = None, budget_images: int = 0,
+           overwrite: bool = False, quiet: bool = True, **recipe) -> dict:
+    """`batchscale advise` from Python: the probe of `recipe` (TrainConfig fields: dataset, lr,
+    base_batch_size, optimizer, scale_rule, warmup_epochs, schedule, epochs, ...) at `batches`,
+    on batchscale's ResNet-18 or on `model` (a factory `f(num_classes) -> nn.Module`, by
+    "MODULE:FACTORY" or as a module-level function). Writes advice.json/.md/.png into `out`
+    and returns the advice.json record. A thin wrapper: the data are batchscale's datasets
+    (`dataset`: sample, cifar10 or an image folder) and the loss is cross-entropy.
+
+    Example::
+
+        record = advise([32, 128, 512], "advice/", model="mynets:make", lr=0.1,
+                        base_batch_size=32, scale_rule="linear", warmup_epochs=2, epochs=30)
+        print(record["advice"]["batch"])
+    """
+    fields = dict(recipe)
+    if model is not None:
+        fields["model"] = factory_spec(model)
+    cfg = from_dict(fields)
+    chosen = advise_probe.check_batches(",".join(str(b) for b in batches), cfg)
+    return advise_probe.advise(cfg, chosen, Path(out), budget_images=budget_images,
+                               overwrite=overwrite, quiet=quiet)

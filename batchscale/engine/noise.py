@@ -217,18 +217,28 @@ class NoiseScaleTracker:
              torch.as_tensor(trace_sigma, dtype=torch.float64)]).to(recent.device)
         self.state["count"] += 1
 
-    def estimate(self) -> Estimate:
-        """The smoothed estimates, their ratio and its error (one host synchronization)."""
+    def estimate(self, average_workers: bool = False) -> Estimate:
+        """The smoothed estimates, their ratio and its error (one host synchronization).
+
+        `average_workers`: each worker observed its own local small-batch norm (the big one is
+        the same everywhere); the estimates are linear in it, so averaging the workers' moving
+        averages here (one all-reduce, a collective: every worker must call it) equals averaging
+        the norms step by step, without a collective per step."""
         count = self.state["count"]
+        sums, recent = self.state["grad_sq"], self.state["recent"]
+        packed = torch.cat([sums.view(1), self.state["trace_sigma"].view(1), recent.flatten()])
+        if average_workers:
+            dist.all_reduce(packed)
+            packed /= dist.get_world_size()
         weight = self.state["weight"].item()
         if weight == 0:
             return Estimate(None, None, None, None, self.small_batch, self.big_batch, count)
-        grad_sq = self.state["grad_sq"].item() / weight
-        trace_sigma = self.state["trace_sigma"].item() / weight
+        grad_sq = packed[0].item() / weight
+        trace_sigma = packed[1].item() / weight
         if not grad_sq > 0:
             return Estimate(None, None, grad_sq, trace_sigma, self.small_batch, self.big_batch,
                             count)
-        rows = self.state["recent"][:min(count, len(self.state["recent"]))]
+        rows = packed[2:].view_as(recent)[:min(count, len(recent))]
         rows = rows[torch.isfinite(rows).all(1)].tolist()
         error = jackknife_ratio_error([t for _, t in rows], [g for g, _ in rows])
         if error is not None:  # the error of a mean of len(rows), scaled to the average's
@@ -371,16 +381,16 @@ class BackwardNorms:
     parameters before autograd adds it into `p.grad`: under DDP that is the worker's local
     gradient before the all-reduce (the small batch, at no extra pass), and with gradient
     accumulation each micro-batch's gradient. `take()` returns (Σ over the passes since the last
-    take of |g_pass|², the number of passes) and starts again from zero.
+    take of |g_pass|², float64, the number of passes) and starts again from zero.
 
-    The squared norm is kept per parameter and summed in the model's parameter order, so it does
-    not depend on the order autograd reaches them in, nor on how DDP buckets them. Parameters
-    without `requires_grad` are not hooked; one that a pass does not use contributes zero.
-    `active` False makes the hooks ignore passes (steps that are not measured)."""
+    Each hook computes one float64 norm (one kernel, no host synchronization); `take()` squares
+    and sums them in one reduction. Parameters without `requires_grad` are not hooked; one that
+    a pass does not use contributes zero. `active` False makes the hooks ignore passes (steps
+    that are not measured)."""
 
     def __init__(self, parameters):
         self.parameters = [p for p in parameters if p.requires_grad]
-        self.parts: list[torch.Tensor | None] = [None] * len(self.parameters)
+        self.norms: list[torch.Tensor] = []
         self.calls = [0] * len(self.parameters)
         self.active = True
         self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.parameters)]
@@ -388,24 +398,32 @@ class BackwardNorms:
     def _hook(self, index: int):
         def hook(gradient: torch.Tensor) -> None:
             if self.active:
-                square = gradient.detach().double().square().sum()
-                part = self.parts[index]
-                self.parts[index] = square if part is None else part + square
+                self.norms.append(torch.linalg.vector_norm(gradient.detach(),
+                                                           dtype=torch.float64))
                 self.calls[index] += 1
         return hook
 
     def take(self) -> tuple[torch.Tensor | None, int]:
-        present = [part for part in self.parts if part is not None]
-        passes = max(self.calls)
-        self.parts, self.calls = [None] * len(self.parameters), [0] * len(self.parameters)
-        if not present:
+        norms, passes = self.norms, max(self.calls, default=0)
+        self.norms, self.calls = [], [0] * len(self.parameters)
+        if not norms:
             return None, 0
-        total = present[0]
-        for part in present[1:]:
-            total = total + part
-        return total, passes
+        return torch.stack(norms).square().sum(), passes
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+def fast_squared_norm(tensors) -> torch.Tensor:
+    """Σ |t|² in float64 (None entries skipped), from one fused per-tensor norm
+    (`torch._foreach_norm`) where this torch has it with a dtype, else `squared_norm`."""
+    present = [t.detach() for t in tensors if t is not None]
+    if not present:
+        return torch.zeros((), dtype=torch.float64)
+    try:
+        norms = torch._foreach_norm(present, 2, dtype=torch.float64)
+    except (AttributeError, TypeError, RuntimeError):
+        return squared_norm(present)
+    return torch.stack(norms).square().sum()
