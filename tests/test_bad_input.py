@@ -489,7 +489,7 @@ PROBES = [
     # ---- study --status and jobs.json
     ("jobs-truncated", _jobs('{"trivial/b32/seed0": {"job_id": "12'), "jobs.json"),
     ("jobs-job-id-word", _jobs('{"trivial/b32/seed0": {"job_id": "abc", "executor": "local",'
-                               ' "folder": "x", "submitted": 0}}'), "numeric job_id"),
+                               ' "folder": "x", "submitted": 0}}'), "not a job id"),
     ("jobs-list", _jobs("[]"), "jobs.json"),
     # ---- report: damaged metrics and study.yaml
     ("report-no-test-acc", _report(_drop_test_acc), "test_acc = None"),
