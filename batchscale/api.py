@@ -162,8 +162,8 @@ class NoiseScale:
         """(the loss scale the passes ran at, the one `p.grad` is at now, a validity flag or
         None): 1, 1, None without an enabled scaler."""
         scaler = self.scaler
-        if scaler is None or not scaler.is_enabled():
-            return 1.0, 1.0, None
+        if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+            return 1.0, 1.0, None  # no scaler, or one that has not scaled a loss yet
         scale = scaler._scale.double()  # a tensor: reading it does not synchronize
         states = getattr(scaler, "_per_optimizer_states", {})
         stage = states.get(id(self.optimizer), {}).get("stage") if self.optimizer else None

@@ -2,7 +2,8 @@
 stop when the run collapses (`pip install 'batchscale[lightning]'`). The small batches are the
 micro-batches of `accumulate_grad_batches=2` (under a DDP strategy: the workers' own gradients).
 
-    python examples/lightning_fit.py [LOG_DIR]      # metrics in LOG_DIR/.../metrics.csv
+    python examples/lightning_fit.py [LOG_DIR]             # metrics in LOG_DIR/.../metrics.csv
+    python examples/lightning_fit.py LOG_DIR --devices 2   # two CPU processes (ddp_spawn)
 """
 
 import sys
@@ -34,22 +35,25 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def main(log_dir: str, lr: float = 0.05, epochs: int = 4) -> BatchscaleCallback:
+def main(log_dir: str, lr: float = 0.05, epochs: int = 4, devices: int = 1) -> BatchscaleCallback:
     torch.manual_seed(0)
     classes, inputs = 4, 20
     labels = torch.randint(0, classes, (2048,))
     images = torch.randn(classes, inputs)[labels] + 2.0 * torch.randn(2048, inputs)
     data = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
     callback = BatchscaleCallback(classes=classes, span=32)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1,
-                         accumulate_grad_batches=2, log_every_n_steps=8,
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=devices,
+                         strategy="ddp_spawn" if devices > 1 else "auto",
+                         accumulate_grad_batches=1 if devices > 1 else 2, log_every_n_steps=8,
                          logger=pl.loggers.CSVLogger(log_dir), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[callback])
     trainer.fit(Classifier(inputs, classes, lr), data)
-    print(callback.noise.estimate(), "collapsed" if callback.monitor.collapsed else "")
+    if devices == 1:  # with ddp_spawn the callback lived in the worker processes
+        print(callback.noise.estimate(), "collapsed" if callback.monitor.collapsed else "")
     return callback
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
+    devices = int(sys.argv[3]) if sys.argv[2:3] == ["--devices"] else 1
+    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), devices=devices)

@@ -421,3 +421,14 @@ def test_advise_from_python_probes_a_factory_model(factories):
     assert record["advice"]["batch"] in (8, 32) and record["noise"]["b_noise"] > 0
     with pytest.raises(ValueError, match="module-level function"):
         advise([8], factories / "other", model=lambda classes: nn.Linear(3, classes))
+
+
+def test_a_factory_run_stopped_midway_resumes_to_the_same_metrics(factories):
+    cfg = TrainConfig(model="mynets_i27:make", train_subset=128, batch_size=32, epochs=2,
+                      warmup_epochs=0, threads=1, eval_batch_size=500)
+    train(cfg, factories / "whole", quiet=True)
+    assert train(cfg, factories / "cut", quiet=True, stop_at_step=5)["status"] == "interrupted"
+    assert train(cfg, factories / "cut", quiet=True, resume=True)["status"] == "completed"
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "images_per_sec")}
+             for line in (factories / name / "metrics.jsonl").open()] for name in ("whole", "cut")]
+    assert rows[0] == rows[1] and len(rows[0]) == 2

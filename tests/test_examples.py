@@ -75,6 +75,20 @@ def test_the_lightning_script_logs_the_noise_scale_through_the_trainer(tmp_path)
     assert [r["collapse/collapsed"] for r in rows if r.get("collapse/collapsed")] == ["0.0"] * 2
 
 
+def test_the_lightning_callback_under_a_ddp_strategy_logs_the_workers_estimate(tmp_path):
+    """Two CPU processes (ddp_spawn, gloo): each worker's own gradient is a small batch of 32,
+    the averaged one the big batch of 64, logged through the trainer's CSVLogger."""
+    lightning_or_skip()
+    done = subprocess.run([sys.executable, str(EXAMPLES / "lightning_fit.py"), str(tmp_path),
+                           "--devices", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for r in metrics_rows(tmp_path) if r.get("noise/big_batch")]
+    assert rows and {(r["noise/small_batch"], r["noise/big_batch"]) for r in rows} == {
+        ("32.0", "64.0")}
+    assert all(float(r["noise/b_simple"]) > 0 for r in rows if r["noise/b_simple"])
+
+
 def test_the_lightning_callback_stops_a_collapsed_run(tmp_path):
     """A classifier that predicts every class equally (its only parameter, a bias, never
     moves: lr 0) sits at loss ln 4 and chance accuracy: with a budget of 6 epochs the rule

@@ -8,8 +8,9 @@ The small batches are Lightning's own backward passes (`batchscale.NoiseScale`):
 local gradients under a DDP strategy, or the micro-batches of `accumulate_grad_batches` >= 2 in
 one process. One backward per step in one process gives no small batch: the callback then says
 so once and logs nothing. Logged (on the loggers, every `log_every_n_steps` and at each epoch's
-end): `noise/b_simple`, `noise/b_simple_error`, `noise/grad_sq`, `noise/trace_sigma`; with a
-collapse rule also `collapse/collapsed`. docs/api.md has the details.
+end): `noise/b_simple`, `noise/b_simple_error`, `noise/grad_sq`, `noise/trace_sigma`,
+`noise/small_batch`, `noise/big_batch`; with a collapse rule also `collapse/collapsed`.
+docs/api.md has the details.
 """
 
 from __future__ import annotations
@@ -130,8 +131,12 @@ class BatchscaleCallback(pl.Callback):
     def _log(self, trainer, pl_module, on_step: bool) -> None:
         estimate = self.noise.estimate()
         values = {"noise/b_simple": estimate.b_simple, "noise/b_simple_error": estimate.error,
-                  "noise/grad_sq": estimate.grad_sq, "noise/trace_sigma": estimate.trace_sigma}
+                  "noise/grad_sq": estimate.grad_sq, "noise/trace_sigma": estimate.trace_sigma,
+                  "noise/small_batch": estimate.small_batch, "noise/big_batch": estimate.big_batch}
+        if estimate.observations == 0:
+            return
         for name, value in values.items():
-            if value is not None:  # undefined (|G|² ≤ 0) or not yet measured: not logged
-                pl_module.log(name, value, on_step=on_step, on_epoch=not on_step,
-                              sync_dist=False)
+            if value is not None:  # undefined (|G|² ≤ 0): not logged
+                # the same on every worker (estimate() averaged them): no reduction needed
+                pl_module.log(name, float(value), on_step=on_step, on_epoch=not on_step,
+                              sync_dist=not on_step)
