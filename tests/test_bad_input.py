@@ -459,7 +459,7 @@ PROBES = [
     ("yaml-not-mapping", _yaml_file("- lr\n- 0.1\n"), "not a mapping of fields"),
     ("yaml-malformed", _yaml_file("lr: [0.1\n"), "cannot read config"),
     ("yaml-unknown-field", _yaml_file("widht: 4\n"), "unknown config field 'widht'"),
-    ("yaml-binary", _yaml_file("\udcff"[:0] + "lr: 0.1\x00\x01\n"), "cannot read config"),
+    ("yaml-binary", _yaml_file("lr: 0.1\x00\x01\n"), "cannot read config"),
     ("config-missing", _argv("train", "--out", "{tmp}/r", "--config", "{tmp}/none.yaml"),
      "none.yaml"),
     ("config-is-folder", _argv("train", "--out", "{tmp}/r", "--config", "{tmp}"),
@@ -663,17 +663,17 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, capsys, m
 
     for module in ("batchscale.engine.checkpoint", "batchscale.engine.rundir"):
         monkeypatch.setattr(f"{module}.atomic_write", full_disk)
-    err = one_line_error(capsys, ["train", "--out", out, *TINY, "--epochs", "3"])
+    err = one_line_error(capsys, ["train", "--out", out, *TINY, "--epochs", "2"])
     assert f"{out / 'checkpoint.pt'}: No space left on device" in err and "--resume" in err
     monkeypatch.undo()
     assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
-    assert main(["train", "--out", str(reference), *TINY, "--epochs", "3"]) == 0
+    assert main(["train", "--out", str(reference), *TINY, "--epochs", "2"]) == 0
 
     def rows(run):
         return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_sec")}
                 for r in _rows(run)]
 
-    assert len(rows(out)) == 3 and rows(out) == rows(reference)
+    assert len(rows(out)) == 2 and rows(out) == rows(reference)
 
 
 def _no_space(handle):
