@@ -174,8 +174,8 @@ def error_line(err: BaseException) -> str | None:
     """The one line an error ends in, or None for an error that is a bug (its traceback shows).
 
     A UserError is the user's to fix; an OSError names its file (a full disk, a folder that
-    cannot be written); a worker of `--workers` that loses a peer says so, and the launcher
-    names the worker that failed."""
+    cannot be written); a worker of `--workers` that loses a peer says so (the launcher's own
+    last line then says that the workers failed, with the exit code)."""
     if isinstance(err, UserError):
         return one_line(err)
     if isinstance(err, OSError):

@@ -30,7 +30,7 @@ def reading(path: Path | str, what: str = ""):
         yield
     except UserError:
         raise
-    except (Exception, RecursionError) as err:  # noqa: BLE001 (the file is the user's: anything)
+    except Exception as err:  # noqa: BLE001 (the file is the user's: anything goes wrong)
         detail = describe_os_error(err) if isinstance(err, OSError) else (
             f"{type(err).__name__}: {one_line(err)}")
         raise UserError(f"cannot read {what + ' ' if what else ''}{path} ({detail})") from None

@@ -459,7 +459,7 @@ PROBES = [
     ("yaml-not-mapping", _yaml_file("- lr\n- 0.1\n"), "not a mapping of fields"),
     ("yaml-malformed", _yaml_file("lr: [0.1\n"), "cannot read config"),
     ("yaml-unknown-field", _yaml_file("widht: 4\n"), "unknown config field 'widht'"),
-    ("yaml-binary", _yaml_file("\udcff"[:0] + "lr: 0.1\x00\x01\n"), "cannot read config"),
+    ("yaml-binary", _yaml_file("lr: 0.1\x00\x01\n"), "cannot read config"),
     ("config-missing", _argv("train", "--out", "{tmp}/r", "--config", "{tmp}/none.yaml"),
      "none.yaml"),
     ("config-is-folder", _argv("train", "--out", "{tmp}/r", "--config", "{tmp}"),
@@ -647,10 +647,12 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
         main(["report", "x"])
 
 
-def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, capsys, monkeypatch,
+                                                             trained):
     """ENOSPC at the second epoch's checkpoint: one line naming the file and how to go on;
-    the first checkpoint is whole, and the resumed run equals an uninterrupted one."""
-    out, reference = tmp_path / "r", tmp_path / "ref"
+    the first checkpoint is whole, and the resumed run equals an uninterrupted one (`trained`:
+    the same command, never interrupted)."""
+    out = tmp_path / "r"
     saves = {"n": 0}
     real = files.atomic_write
 
@@ -663,17 +665,16 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, capsys, m
 
     for module in ("batchscale.engine.checkpoint", "batchscale.engine.rundir"):
         monkeypatch.setattr(f"{module}.atomic_write", full_disk)
-    err = one_line_error(capsys, ["train", "--out", out, *TINY, "--epochs", "3"])
+    err = one_line_error(capsys, ["train", "--out", out, *TINY, "--epochs", "2"])
     assert f"{out / 'checkpoint.pt'}: No space left on device" in err and "--resume" in err
     monkeypatch.undo()
     assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
-    assert main(["train", "--out", str(reference), *TINY, "--epochs", "3"]) == 0
 
     def rows(run):
         return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_sec")}
                 for r in _rows(run)]
 
-    assert len(rows(out)) == 3 and rows(out) == rows(reference)
+    assert len(rows(out)) == 2 and rows(out) == rows(trained)
 
 
 def _no_space(handle):
