@@ -129,7 +129,13 @@ def test_a_tiny_advise_run_writes_well_formed_files(tmp_path, capsys):
     tested = record["rows"][0]["range_test"]
     assert tested is not None and len(tested["lrs"]) == len(tested["losses"])
     assert record["rows"][1]["range_test"] is None  # 32 did not fit the budget: said so
-    assert record["curvature"]["lambda_max"] is not None
+    # λ_max was measured (power iteration: the eigenvalue of largest magnitude, which here can
+    # be negative), and every row was judged against SGD-with-momentum's 2 (1 + β) / λ_max,
+    # none where λ_max <= 0
+    lam, beta = record["curvature"]["lambda_max"], record["momentum"]
+    assert math.isfinite(lam) and record["curvature"]["iterations"] >= 1 and 0 <= beta < 1
+    assert [row["curvature_bound_lr"] for row in record["rows"]] == (
+        pytest.approx([2 * (1 + beta) / lam] * 2, rel=1e-12) if lam > 0 else [None, None])
     assert record["advice"]["batch"] in (8, 32)
     text = (out / advise_report.RESULT_MD).read_text()
     assert "## Advice" in text and "cannot know" in text and "Not tested (budget): B = 32" in text
