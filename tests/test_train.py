@@ -118,6 +118,24 @@ def test_killed_process_resumes_to_the_same_metrics(reference, tmp_path, sig):
         rundir.read_metrics(reference[0]))
 
 
+def test_sigterm_stops_the_suite_also_inside_a_training_run(tmp_path, monkeypatch):
+    """Stopping the suite (SIGTERM) while a test trains in this process: the run does not take
+    the signal as its own stop request (it would end `interrupted` and the suite ran on); it
+    ends as Ctrl-C would (conftest). Sent after epoch 1 of 3, from inside the loop."""
+    from batchscale.engine import train as train_module
+
+    def sigterm_after(epoch, stop):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises at the next bytecode
+
+    monkeypatch.setattr(train_module, "pause_for_test", sigterm_after)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(tiny_config(epochs=3), tmp_path / "run", quiet=True)
+    assert len(rundir.read_metrics(tmp_path / "run")) == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_huge_learning_rate_diverges_cleanly(tmp_path):
     summary = train(tiny_config(lr=1e6, log_every=1), tmp_path / "run", quiet=True)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
