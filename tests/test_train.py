@@ -20,7 +20,7 @@ from batchscale.engine.step import prepare_input, train_step
 from batchscale.engine.train import PAUSE_ENV, train
 from batchscale.errors import UserError
 
-from conftest import PATIENCE_S, ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, require_shared_zip, tiny_config
 
 TIMING = ("images_per_sec", "wall_s")
 
@@ -211,6 +211,18 @@ def test_bf16_autocast_trains_on_cpu_in_lower_precision(tmp_path):
     bf16, fp32 = (rundir.read_metrics(tmp_path / name)[0] for name in ("bf16", "fp32"))
     assert bf16["train_loss"] != fp32["train_loss"]
     assert abs(bf16["train_loss"] - fp32["train_loss"]) < 0.05 * fp32["train_loss"]
+
+
+def test_a_missing_cifar10_zip_fails_in_ci_and_is_skipped_elsewhere(tmp_path, monkeypatch):
+    missing = tmp_path / "cifar10-jpeg.zip"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_shared_zip(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        require_shared_zip(missing)
+    (tmp_path / "cifar10-jpeg.zip").write_bytes(b"")
+    assert require_shared_zip(missing) == missing
 
 
 def test_real_cifar10_subset_reaches_30_percent(shared_zip, tmp_path):
