@@ -17,7 +17,7 @@ from batchscale.engine.train import PAUSE_ENV
 from batchscale.study.expand import Run
 from batchscale.study.launchers import read_jobs, sbatch_script, status_table, submit, train_job
 
-from conftest import ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, tiny_config
 
 submitit = pytest.importorskip("submitit", reason="the slurm extra is not installed")
 
@@ -45,7 +45,7 @@ def descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in descendants(c)]
 
 
-def wait_for_epochs(run_dir, count, job, timeout=300):
+def wait_for_epochs(run_dir, count, job, timeout=PATIENCE_S):
     deadline = time.time() + timeout
     while len(rundir.read_metrics(run_dir)) < count:
         assert job.state == "RUNNING" and time.time() < deadline, job.state
@@ -149,7 +149,7 @@ def test_without_submitit_the_launcher_is_one_line_and_exit_2(tmp_path):
             "from batchscale.cli import main; sys.exit(main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", code, "study", "demo", "--launcher", "slurm",
                            "--out", str(tmp_path / "s")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=PATIENCE_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "batchscale: error: --launcher slurm needs the submitit package: "

@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import run_tests  # noqa: E402
 
+from conftest import PATIENCE_S  # noqa: E402
+
 
 def test_files_are_dealt_longest_first_to_the_lighter_shard():
     seconds = {"test_a.py": 10, "test_b.py": 7, "test_c.py": 5, "test_d.py": 4}
@@ -32,14 +34,15 @@ def test_every_shard_runs_and_a_failing_one_fails_the_run(tmp_path):
     (tmp_path / "durations.json").write_text(json.dumps({"test_pass.py": 2, "test_fail.py": 1}))
     command = [sys.executable, str(ROOT / "scripts" / "run_tests.py"), "--tests", str(tmp_path),
                "--shards", "2", "-p", "no:randomly"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=PATIENCE_S)
     assert result.returncode == 1, result.stdout
     assert "shard 1/2: 1 files" in result.stdout and "---- shard 2/2 ----" in result.stdout
     assert "1 passed" in result.stdout and "1 failed" in result.stdout
     assert "shards' exit codes: [0, 1]" in result.stdout  # test_pass (2 s) was dealt first
 
     (tmp_path / "test_fail.py").write_text("def test_two():\n    assert 1 + 1 == 2\n")
-    result = subprocess.run([*command, "--record"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*command, "--record"], capture_output=True, text=True,
+                            timeout=PATIENCE_S)
     assert result.returncode == 0, result.stdout
     recorded = json.loads((tmp_path / "durations.json").read_text())
     assert sorted(recorded) == ["test_fail.py", "test_pass.py"]
@@ -61,7 +64,7 @@ def test_durations_are_recorded_by_file_when_the_clone_shares_a_folder_with_the_
                                         "        assert 2 + 2 == 4\n")
     result = subprocess.run([sys.executable, str(clone / "scripts" / "run_tests.py"), "--tests",
                              str(tests), "--shards", "2", "--record"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=PATIENCE_S)
     assert result.returncode == 0, result.stdout
     assert sorted(json.loads((tests / "durations.json").read_text())) == ["test_also.py",
                                                                          "test_pass.py"]

@@ -35,7 +35,7 @@ from batchscale.study.expand import (
 )
 from batchscale.study.sweep import child_env, execute
 
-from conftest import ROOT
+from conftest import PATIENCE_S, ROOT
 
 TINY = {"width": 4, "train_subset": 200, "epochs": 1, "eval_batch_size": 500, "device": "cpu"}
 
@@ -247,7 +247,8 @@ def test_killing_the_study_ends_its_runs(tmp_path):
          "--set", "epochs=50", "--set", "threads=1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[int] = []
-    for _ in range(1200):  # until both runs have started (each holds its run directory)
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:  # until both runs have started (each holds its run dir)
         children = _children(study.pid)
         if len(children) == 2 or study.poll() is not None:
             break
@@ -255,7 +256,8 @@ def test_killing_the_study_ends_its_runs(tmp_path):
     assert len(children) == 2, "the study did not start its runs"
     study.kill()  # SIGKILL: the study cannot pass anything on itself
     study.wait()
-    for _ in range(1200):  # a liveness wait, not a timing claim: each stops at its next step
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:  # a liveness wait: each stops at its next step
         if not any(_alive(pid) for pid in children):
             break
         time.sleep(0.1)
@@ -314,5 +316,5 @@ def test_openmp_waits_passively_only_where_runs_share_cores(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY")
     result = subprocess.run([sys.executable, "-c", "import os, batchscale; "
                              "print(os.environ.get('OMP_WAIT_POLICY'))"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=PATIENCE_S)
     assert result.stdout.strip() == "None"

@@ -20,7 +20,7 @@ from batchscale.engine.step import prepare_input, train_step
 from batchscale.engine.train import PAUSE_ENV, train
 from batchscale.errors import UserError
 
-from conftest import PATIENCE_S, ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, require_shared_zip, tiny_config
 
 TIMING = ("images_per_sec", "wall_s")
 
@@ -118,6 +118,24 @@ def test_killed_process_resumes_to_the_same_metrics(reference, tmp_path, sig):
         rundir.read_metrics(reference[0]))
 
 
+def test_sigterm_stops_the_suite_also_inside_a_training_run(tmp_path, monkeypatch):
+    """Stopping the suite (SIGTERM) while a test trains in this process: the run does not take
+    the signal as its own stop request (it would end `interrupted` and the suite ran on); it
+    ends as Ctrl-C would (conftest). Sent after epoch 1 of 3, from inside the loop."""
+    from batchscale.engine import train as train_module
+
+    def sigterm_after(epoch, stop):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises at the next bytecode
+
+    monkeypatch.setattr(train_module, "pause_for_test", sigterm_after)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(tiny_config(epochs=3), tmp_path / "run", quiet=True)
+    assert len(rundir.read_metrics(tmp_path / "run")) == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_huge_learning_rate_diverges_cleanly(tmp_path):
     summary = train(tiny_config(lr=1e6, log_every=1), tmp_path / "run", quiet=True)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -193,6 +211,18 @@ def test_bf16_autocast_trains_on_cpu_in_lower_precision(tmp_path):
     bf16, fp32 = (rundir.read_metrics(tmp_path / name)[0] for name in ("bf16", "fp32"))
     assert bf16["train_loss"] != fp32["train_loss"]
     assert abs(bf16["train_loss"] - fp32["train_loss"]) < 0.05 * fp32["train_loss"]
+
+
+def test_a_missing_cifar10_zip_fails_in_ci_and_is_skipped_elsewhere(tmp_path, monkeypatch):
+    missing = tmp_path / "cifar10-jpeg.zip"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_shared_zip(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        require_shared_zip(missing)
+    (tmp_path / "cifar10-jpeg.zip").write_bytes(b"")
+    assert require_shared_zip(missing) == missing
 
 
 def test_real_cifar10_subset_reaches_30_percent(shared_zip, tmp_path):
