@@ -192,7 +192,7 @@ def advise_dir(half: str, recipe: str, length: str) -> Path:
     return OUT / "advise" / half / f"{recipe}-{length}"
 
 
-def advise_half(half: str) -> None:
+def advise_half(half: str, lengths: list[str] | None = None) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
     would run it: a subprocess; its exit code and any traceback are recorded."""
     import subprocess
@@ -200,7 +200,7 @@ def advise_half(half: str) -> None:
     names = split()["tuning" if half == "tuning" else "held_out"]
     log = []
     for recipe in names:
-        for length in LENGTHS:
+        for length in lengths or LENGTHS:
             cfg = config_of(length, recipe, BASE["base_batch_size"], grid(recipe)[ADVISE_K], 0)
             command = [sys.executable, "-m", "batchscale", "advise", "--batches",
                        ",".join(map(str, BATCHES)), "--out",
@@ -219,7 +219,12 @@ def advise_half(half: str) -> None:
                   flush=True)
             log.append(entry)
     from batchscale import files
-    files.write_text(OUT / "advise" / half / "runs.json", json.dumps(log, indent=1) + "\n")
+    path = OUT / "advise" / half / "runs.json"
+    if path.exists():  # keep the other lengths' entries
+        keep = [e for e in json.loads(path.read_text())
+                if (e["recipe"], e["length"]) not in {(x["recipe"], x["length"]) for x in log}]
+        log = keep + log
+    files.write_text(path, json.dumps(log, indent=1) + "\n")
 
 
 def measured_boundary(cells: list[dict]) -> tuple[float | None, float | None]:
@@ -330,6 +335,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--batches", help="run: only these batch sizes, e.g. 128,32")
     parser.add_argument("--recipes", help="run: only these recipes, e.g. bn-warmup,rmsprop")
+    parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     args = parser.parse_args()
     if args.what == "split":
         from batchscale import files
@@ -343,7 +349,7 @@ def main() -> None:
             [int(b) for b in args.batches.split(",")] if args.batches else None,
             args.recipes.split(",") if args.recipes else None)
     elif args.what == "advise":
-        advise_half(args.length)
+        advise_half(args.length, args.lengths.split(",") if args.lengths else None)
     elif args.what == "report":
         print(report(args.length))
     else:
