@@ -93,6 +93,12 @@ def config_of(length: str, recipe: str, batch: int, lr: float, seed: int) -> dic
             "lr": lr, "seed": seed}
 
 
+def metrics_of(directory: Path) -> list[dict]:
+    path = directory / "metrics.jsonl"
+    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists() else [])
+
+
 def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
     """trains / diverges over the seeds, or None while a seed has no summary."""
     seeds = []
@@ -105,7 +111,10 @@ def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None
                       "collapsed_at_epoch": summary.get("collapsed_at_epoch"),
                       "final_train_acc": summary.get("final_train_acc"),
                       "epochs_completed": summary.get("epochs_completed"),
-                      "wall_s": summary.get("wall_s")})
+                      "wall_s": summary.get("wall_s"),
+                      "epochs": [[row["epoch"], round(row["train_loss"], 4),
+                                  round(row["train_acc"], 4), round(row["test_acc"], 4)]
+                                 for row in metrics_of(path.parent)]})
     diverged = [s for s in seeds if s["status"] == "diverged"]
     return {"outcome": "diverges" if diverged else "trains", "seeds": seeds}
 
@@ -168,7 +177,9 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 
 def collect() -> dict:
-    record = {"split": split(), "lengths": LENGTHS, "batches": BATCHES, "seeds": SEEDS,
+    record = {"split": split(), "lengths": LENGTHS,
+              "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
+              "batches": BATCHES, "seeds": SEEDS,
               "base": BASE, "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:
@@ -236,18 +247,15 @@ def measured_boundary(cells: list[dict]) -> tuple[float | None, float | None]:
 
 
 def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None:
-    """The measured boundary (between m_low and m_high) inside the bracket [low, high), or
-    within `factor` of it; None where neither says anything."""
-    if low is None and high is None:
-        return False
-    if m_low is None and m_high is None:
+    """The measured boundary (between m_low, the largest peak that trained, and m_high, the
+    smallest that diverged) inside the bracket [low, high), or within `factor` of it. None (not
+    counted) where the cells do not bound it on both sides (every cell trains, or every cell
+    diverges: the long sweep's single rate); a bracket open on one side counts as a miss."""
+    if m_low is None or m_high is None:
         return None
-    ok = True
-    if low is not None and m_high is not None:
-        ok &= low <= m_high * factor * (1 + 1e-9)
-    if high is not None and m_low is not None:
-        ok &= high * factor * (1 + 1e-9) >= m_low
-    return ok
+    if low is None or high is None:
+        return False
+    return low <= m_high * factor * (1 + 1e-9) and high * factor * (1 + 1e-9) >= m_low
 
 
 def report(half: str) -> str:
