@@ -93,6 +93,12 @@ def config_of(length: str, recipe: str, batch: int, lr: float, seed: int) -> dic
             "lr": lr, "seed": seed}
 
 
+def metrics_of(directory: Path) -> list[dict]:
+    path = directory / "metrics.jsonl"
+    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists() else [])
+
+
 def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
     """trains / diverges over the seeds, or None while a seed has no summary."""
     seeds = []
@@ -105,7 +111,10 @@ def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None
                       "collapsed_at_epoch": summary.get("collapsed_at_epoch"),
                       "final_train_acc": summary.get("final_train_acc"),
                       "epochs_completed": summary.get("epochs_completed"),
-                      "wall_s": summary.get("wall_s")})
+                      "wall_s": summary.get("wall_s"),
+                      "epochs": [[row["epoch"], round(row["train_loss"], 4),
+                                  round(row["train_acc"], 4), round(row["test_acc"], 4)]
+                                 for row in metrics_of(path.parent)]})
     diverged = [s for s in seeds if s["status"] == "diverged"]
     return {"outcome": "diverges" if diverged else "trains", "seeds": seeds}
 
@@ -168,7 +177,9 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 
 def collect() -> dict:
-    record = {"split": split(), "lengths": LENGTHS, "batches": BATCHES, "seeds": SEEDS,
+    record = {"split": split(), "lengths": LENGTHS,
+              "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
+              "batches": BATCHES, "seeds": SEEDS,
               "base": BASE, "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:
@@ -192,7 +203,7 @@ def advise_dir(half: str, recipe: str, length: str) -> Path:
     return OUT / "advise" / half / f"{recipe}-{length}"
 
 
-def advise_half(half: str) -> None:
+def advise_half(half: str, lengths: list[str] | None = None) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
     would run it: a subprocess; its exit code and any traceback are recorded."""
     import subprocess
@@ -200,7 +211,7 @@ def advise_half(half: str) -> None:
     names = split()["tuning" if half == "tuning" else "held_out"]
     log = []
     for recipe in names:
-        for length in LENGTHS:
+        for length in lengths or LENGTHS:
             cfg = config_of(length, recipe, BASE["base_batch_size"], grid(recipe)[ADVISE_K], 0)
             command = [sys.executable, "-m", "batchscale", "advise", "--batches",
                        ",".join(map(str, BATCHES)), "--out",
@@ -219,7 +230,12 @@ def advise_half(half: str) -> None:
                   flush=True)
             log.append(entry)
     from batchscale import files
-    files.write_text(OUT / "advise" / half / "runs.json", json.dumps(log, indent=1) + "\n")
+    path = OUT / "advise" / half / "runs.json"
+    if path.exists():  # keep the other lengths' entries
+        keep = [e for e in json.loads(path.read_text())
+                if (e["recipe"], e["length"]) not in {(x["recipe"], x["length"]) for x in log}]
+        log = keep + log
+    files.write_text(path, json.dumps(log, indent=1) + "\n")
 
 
 def measured_boundary(cells: list[dict]) -> tuple[float | None, float | None]:
@@ -231,18 +247,15 @@ def measured_boundary(cells: list[dict]) -> tuple[float | None, float | None]:
 
 
 def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None:
-    """The measured boundary (between m_low and m_high) inside the bracket [low, high), or
-    within `factor` of it; None where neither says anything."""
-    if low is None and high is None:
-        return False
-    if m_low is None and m_high is None:
+    """The measured boundary (between m_low, the largest peak that trained, and m_high, the
+    smallest that diverged) inside the bracket [low, high), or within `factor` of it. None (not
+    counted) where the cells do not bound it on both sides (every cell trains, or every cell
+    diverges: the long sweep's single rate); a bracket open on one side counts as a miss."""
+    if m_low is None or m_high is None:
         return None
-    ok = True
-    if low is not None and m_high is not None:
-        ok &= low <= m_high * factor * (1 + 1e-9)
-    if high is not None and m_low is not None:
-        ok &= high * factor * (1 + 1e-9) >= m_low
-    return ok
+    if low is None or high is None:
+        return False
+    return low <= m_high * factor * (1 + 1e-9) and high * factor * (1 + 1e-9) >= m_low
 
 
 def report(half: str) -> str:
@@ -330,6 +343,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--batches", help="run: only these batch sizes, e.g. 128,32")
     parser.add_argument("--recipes", help="run: only these recipes, e.g. bn-warmup,rmsprop")
+    parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     args = parser.parse_args()
     if args.what == "split":
         from batchscale import files
@@ -343,7 +357,7 @@ def main() -> None:
             [int(b) for b in args.batches.split(",")] if args.batches else None,
             args.recipes.split(",") if args.recipes else None)
     elif args.what == "advise":
-        advise_half(args.length)
+        advise_half(args.length, args.lengths.split(",") if args.lengths else None)
     elif args.what == "report":
         print(report(args.length))
     else:

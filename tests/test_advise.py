@@ -56,7 +56,7 @@ def test_bisection_brackets_the_known_boundary_of_a_quadratic(beta, peak_over_bo
     # factor 2 steps first (from the peak), then one √2 step
     assert all(t["lr"] / peak in {2.0 ** k for k in range(-4, 4)}
                for t in bracket.trials[:-1])
-    state, margin, _ = advise_rules.verdict(peak, bracket.low, bracket.high)
+    state, margin, _ = advise_rules.verdict(peak, bracket.low, bracket.high, safety=1.0)
     assert state == ("stable" if peak < boundary else "diverges")
     assert margin == pytest.approx((bracket.low if peak < boundary else bracket.high) / peak)
 
@@ -74,11 +74,16 @@ def test_bisection_stops_at_its_limits_and_at_the_budget():
 
 
 def test_verdicts_by_hand():
-    assert advise_rules.verdict(0.5, 0.5, 1.0)[:2] == ("stable", pytest.approx(1.0))
-    assert advise_rules.verdict(0.25, 0.5, 1.0)[:2] == ("stable", pytest.approx(2.0))
-    assert advise_rules.verdict(1.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(1.0))
-    assert advise_rules.verdict(4.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(0.25))
-    assert advise_rules.verdict(0.7, 0.5, 1.0)[0] == "at risk"  # inside the bracket
+    verdict = advise_rules.verdict
+    assert verdict(0.5, 0.5, 1.0, safety=1.0)[:2] == ("stable", pytest.approx(1.0))
+    assert verdict(0.25, 0.5, 1.0, safety=1.0)[:2] == ("stable", pytest.approx(2.0))
+    assert verdict(1.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(1.0))
+    assert verdict(4.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(0.25))
+    assert verdict(0.7, 0.5, 1.0, safety=1.0)[0] == "at risk"  # inside the bracket
+    # the frozen SAFETY √2: a peak that passed but whose √2 × did not pass is at risk
+    assert advise_rules.SAFETY == pytest.approx(math.sqrt(2))
+    assert verdict(0.5, 0.5, 1.0)[0] == "at risk"
+    assert verdict(0.35, 0.5, 1.0)[0] == "stable"
     assert advise_rules.verdict(0.5, None, None)[0] == "at risk"  # untested
     assert advise_rules.verdict(0.5, 0.5, None, safety=2.0)[0] == "at risk"
     assert advise_rules.verdict(0.25, 0.5, None, safety=2.0)[0] == "stable"
@@ -95,7 +100,7 @@ def test_trial_shape_by_hand():
     assert hold(1000, 10_000) == advise_rules.HOLD_MAX
     assert hold(2, 10_000) == advise_rules.HOLD_MIN
     assert hold(1000, 5) == 5 and hold(1000, 1) == 3  # never more than the recipe holds it
-    assert advise_rules.window_steps(8) == 8 and advise_rules.window_steps(128) == 3
+    assert advise_rules.window_steps(8) == 32 and advise_rules.window_steps(128) == 3
 
 
 def test_trial_judgement_by_hand():
@@ -106,18 +111,26 @@ def test_trial_judgement_by_hand():
     # a non-finite step loss, or a non-finite end loss
     assert judge([2.3, float("nan")], [0.1, 0.1], 128, 10, 2.3, 2.0).why == "nonfinite"
     assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.3, float("inf")).why == "nonfinite"
-    # the last window (3 steps at B = 128) at chance: accuracy ≤ 0.1 + 0.02, loss ≥ ln 10 − 0.02
-    at_chance = judge([2.0, 2.0, chance, chance, chance], [0.3, 0.3, 0.11, 0.1, 0.1], 128, 10,
-                      2.3, 2.2)
-    assert at_chance.failed and at_chance.why == "collapse"
-    # the same losses but accuracy 0.2: not at chance; the fixed sample's loss fell: passed
-    assert not judge([2.0, 2.0, chance, chance, chance], [0.2] * 5, 128, 10, 2.3, 2.2).failed
-    # no progress on the fixed sample
-    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.0).why == "no progress"
-    # at B = 8 the window is 8 steps (64 images), the accuracy margin 3σ = 0.1125
-    window = [chance] * 8
-    assert judge([1.0] * 4 + window, [0.5] * 4 + [0.2] * 8, 8, 10, 2.3, 2.2).why == "collapse"
-    assert not judge([1.0] * 4 + window, [0.5] * 4 + [0.25] * 8, 8, 10, 2.3, 2.2).failed
+    # the last window (3 steps at B = 128) exploded: accuracy ≤ 0.1 + 0.02 and loss ≥ 1.25 ln 10
+    high = 1.25 * chance + 0.01
+    blown = judge([2.0, 2.0, high, high, high], [0.3, 0.3, 0.11, 0.1, 0.1], 128, 10, 2.3, 2.2)
+    assert blown.failed and blown.why == "collapse"
+    # the same losses at accuracy 0.2 are not at chance; at chance with loss ln 10 (stalled, not
+    # exploded) and the fixed sample's loss fell: passed
+    assert not judge([2.0, 2.0, high, high, high], [0.2] * 5, 128, 10, 2.3, 2.2).failed
+    assert not judge([2.0, chance, chance, chance], [0.1] * 4, 128, 10, 2.3, 2.2).failed
+    # no progress on the fixed sample: from 2.0 more than half way back to ln 10 = 2.303
+    # (2.0 + 0.5 × 0.303 = 2.151); at 2.1 it passes (noise of a healthy trial)
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.2).why == "no progress"
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.1).failed
+    # ... unless it is within the slack of where the peak was reached: from 2.29 the limit is
+    # 2.29 + 0.5 × 0.013 = 2.2965 (2.28 passes), from 2.25 it is 2.2765 (2.28 fails)
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.28, 2.29).failed
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.28, 2.25).failed
+    # at B = 8 the window is 32 steps (256 images), the accuracy margin 3σ = 0.05625
+    window = [high] * 32
+    assert judge([1.0] * 4 + window, [0.5] * 4 + [0.15] * 32, 8, 10, 2.3, 2.2).why == "collapse"
+    assert not judge([1.0] * 4 + window, [0.5] * 4 + [0.17] * 32, 8, 10, 2.3, 2.2).failed
 
 
 # ---------------------------------------------------------------------- curvature

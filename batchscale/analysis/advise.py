@@ -115,7 +115,8 @@ class Plan:
     judge_images: int  # the fixed sample's loss at the end of a trial (once more at the start)
 
     def trial_images(self, batch: int) -> int:
-        return (self.ramp[batch] + self.hold[batch]) * batch + self.judge_images
+        judging = self.judge_images * (2 if self.ramp[batch] else 1)
+        return (self.ramp[batch] + self.hold[batch]) * batch + judging
 
     def fixed_images(self, base_batch: int) -> int:
         """Everything but the trials."""
@@ -139,7 +140,10 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
     hessian_images = min(HESSIAN_IMAGES, train_images)
     hessian_images = max(hessian_images - hessian_images % cfg.group_size, 0)
     judge = min(JUDGE_IMAGES, train_images)
-    return Plan(base_steps=base_plan.warmup_steps if START == "warm" else 0,
+    # the base state: the base batch through the recipe's warmup, at least one epoch
+    base_steps = max(base_plan.warmup_steps, base_plan.steps_per_epoch)
+    warm = START == "warm" and cfg.warmup_epochs > 0  # no warmup: the run starts at the peak
+    return Plan(base_steps=base_steps if warm else 0,
                 noise_measurements=NOISE_MEASUREMENTS, hessian_images=hessian_images,
                 hessian_iters=HESSIAN_ITERS, timing_images=(1 + TIMED_STEPS) * sum(batches),
                 ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge)
@@ -364,7 +368,10 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
     rates = trial_rates(at_b.cfg.lr, peak, ramp, hold)
     width = window_steps(batch)
     losses, accs = [], []
-    for lr in rates:
+    hold_start = None
+    for step, lr in enumerate(rates):
+        if step == ramp and ramp > 0:  # the peak is reached: the second progress reference
+            hold_start = sample_loss(at_b, sample, ledger)
         set_lr(at_b.optimizer, lr)
         images, labels = next(stream)
         loss, logits = train_step(at_b, prepare_input(at_b, images), labels)
@@ -376,7 +383,8 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
         if len(losses) >= width and exploded(losses[-width:], accs[-width:], batch, classes):
             break
     end_loss = sample_loss(at_b, sample, ledger) if math.isfinite(losses[-1]) else math.inf
-    judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss)
+    judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss, hold_start)
+    judgement.hold_start_loss = hold_start
     return judgement, rates[:len(losses)], losses, accs
 
 
@@ -445,7 +453,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     base = warm_up_base(setup, plan.base_steps, ledger)
     noise = noise_at(setup, plan.noise_measurements, ledger)
     curvature = top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
-    warm = state_of(setup) if START == "warm" else init
+    warm = state_of(setup) if plan.base_steps else init
     sample = fixed_sample(setup, plan.judge_images)
     start_loss = sample_loss(setup, sample, ledger)
     at = {b: setup_at(setup, b) for b in batches}
@@ -508,9 +516,10 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "momentum": beta,
         "rules": {"start": START, "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
                   "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
-                  "judge": "failed: a non-finite loss; the last window at chance by "
-                           "engine/collapse.py's stalled(); or the last window's mean loss not "
-                           "below the first's. window = max(3, 64/B) steps"},
+                  "judge": "failed: a non-finite loss; the last window exploded by "
+                           "engine/collapse.py (at chance, loss ≥ 1.25 ln C); or the fixed "
+                           "sample's loss more than half way back to chance from both the "
+                           "trial's start and the peak's start. window = max(3, 256/B) steps"},
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
 

@@ -15,19 +15,24 @@ from batchscale.config import TrainConfig, from_dict
 from batchscale.engine import collapse
 
 # ---------------------------------------------------------------------- the trial's shape
-# A trial at batch B starts where the recipe's run at B starts (START = "init": the seeded
+# A trial at batch B starts where the recipe's run at B starts (START = "warm": the seeded
 # initialization) or from the base batch trained through its warmup (START = "warm"), replays the
 # recipe's warmup ramp at B to a candidate peak (compressed to at most RAMP_STEPS steps: a faster
 # ramp is the harsher test), then holds the peak for hold_steps(B) steps. Chosen on the tuning
 # half of the truth sweeps (docs/results/advise-truth/README.md says how).
-START = "init"
+START = "warm"
 RAMP_STEPS = 8
 HOLD_EPOCHS = 0.25  # hold the peak this many epochs of the recipe at B ...
 HOLD_MIN, HOLD_MAX = 4, 64  # ... but at least / at most this many steps
 # A batch is *stable* when its peak is at most the bracket's largest stable peak / SAFETY.
-SAFETY = 1.0
+SAFETY = math.sqrt(2)
+# The loss-progress test fails a trial whose fixed-sample loss ends more than this share of the
+# way from its start back to chance, ln(classes): held at the recipe's own rate for 39 steps, the
+# fixed-sample loss of a healthy trial rose 2.065 -> 2.139 (noise), so "below the start" alone
+# called stable rates unstable.
+PROGRESS_SLACK = 0.5
 UP_LIMIT, DOWN_LIMIT = 8.0, 16.0  # the search looks no further than peak × 8 and peak / 16
-WINDOW_IMAGES = 64  # a judging window holds at least this many images (and 3 steps)
+WINDOW_IMAGES = 256  # a judging window holds at least this many images (and 3 steps)
 
 
 def hold_steps(steps_per_epoch: int, post_warmup_steps: int) -> int:
@@ -61,6 +66,7 @@ class TrialJudgement:
     start_loss: float | None
     end_loss: float | None
     end_acc: float | None
+    hold_start_loss: float | None = None
 
 
 def window_row(losses: list[float], accs: list[float], batch: int) -> dict:
@@ -78,10 +84,14 @@ def exploded(losses: list[float], accs: list[float], batch: int, classes: int) -
 
 
 def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int,
-                start_loss: float, end_loss: float) -> TrialJudgement:
-    """A trial failed when a loss was non-finite, when its last window of steps is at chance by
-    the engine's rule (engine/collapse.py `stalled`: accuracy within the margin of 1/classes and
-    loss ≥ ln(classes) − margin, over the window's images), or when the loss on a fixed sample
+                start_loss: float, end_loss: float,
+                hold_start_loss: float | None = None) -> TrialJudgement:
+    """A trial failed when a loss was non-finite, when its last window of steps is *exploded* by
+    the engine's rule (engine/collapse.py: at chance -- accuracy within the margin of 1/classes,
+    loss ≥ ln(classes) − margin, over the window's images -- with a loss ≥ EXPLODED × ln(classes);
+    the engine's other tier, at chance for half a run, cannot show in a trial, and at chance alone
+    called healthy trials of the slowly learning tuning recipes collapsed), or when the loss on a
+    fixed sample
     at its end, `end_loss`, is not below that at its start, `start_loss` (the loss-progress test:
     the same images before and after, so small batches' noisy step losses do not decide it)."""
     if (not losses or any(not math.isfinite(v) for v in losses)
@@ -89,9 +99,11 @@ def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int
         return TrialJudgement(True, "nonfinite", start_loss, None, None)
     width = min(window_steps(batch), len(losses))
     row = window_row(losses[-width:], accs[-width:], batch)
-    if collapse.stalled(row, batch, classes):
+    if exploded(losses[-width:], accs[-width:], batch, classes):
         return TrialJudgement(True, "collapse", start_loss, end_loss, row["train_acc"])
-    if end_loss >= start_loss:
+    references = [start_loss] + ([hold_start_loss] if hold_start_loss is not None else [])
+    chance = math.log(classes)
+    if all(end_loss >= ref + PROGRESS_SLACK * max(chance - ref, 0.0) for ref in references):
         return TrialJudgement(True, "no progress", start_loss, end_loss, row["train_acc"])
     return TrialJudgement(False, "", start_loss, end_loss, row["train_acc"])
 
@@ -124,6 +136,7 @@ class Bracket:
     def record(self, lr: float, judgement: TrialJudgement, steps: int, images: int) -> None:
         self.trials.append({"lr": lr, "failed": judgement.failed, "why": judgement.why,
                             "start_loss": judgement.start_loss, "end_loss": judgement.end_loss,
+                            "hold_start_loss": judgement.hold_start_loss,
                             "end_acc": judgement.end_acc, "steps": steps, "images": images})
         if judgement.failed:
             self.high = lr if self.high is None else min(self.high, lr)
