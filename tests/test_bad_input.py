@@ -705,11 +705,8 @@ def test_advise_out_that_is_a_file_is_refused_before_probing(tmp_path, capsys, m
 
     monkeypatch.setattr("batchscale.analysis.advise.build", must_not_probe)  # its first step
     (tmp_path / "afile").write_text("mine")
-    try:
-        err = one_line_error(capsys, ["advise", "--batches", "4,8", "--out", tmp_path / "afile",
-                                      *TINY])
-    except AssertionError as failure:
-        pytest.xfail(f"advise --out check lands with the advise branch ({failure})"[:200])
+    err = one_line_error(capsys, ["advise", "--batches", "4,8", "--out", tmp_path / "afile",
+                                  *TINY])
     assert "afile" in err and (tmp_path / "afile").read_text() == "mine"
 
 
