@@ -218,6 +218,20 @@ def test_a_budget_without_room_for_every_first_trial_names_the_batch(tmp_path):
         advise.probe(build(cfg, progress=False), [8, 64], plan.fixed_images(8) - 1)
 
 
+def test_a_recipe_that_blows_up_in_its_warmup_gets_advice_not_a_traceback(tmp_path):
+    out = tmp_path / "advice"
+    args = [a if a != "0.02" else "1e6" for a in SHORT]  # the base run itself diverges
+    assert main(["advise", *args, "--batches", "8", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / advise_report.RESULT_JSON).read_text())
+    row = record["rows"][0]
+    assert row["verdict"] == "diverges" and row["bracket_low"] is None
+    assert all(t["failed"] and t["why"] == "nonfinite" for t in row["trials"])
+    assert record["curvature"]["lambda_max"] is None and record["curvature"]["why_not"]
+    assert record["noise"]["b_noise"] is None and "not finite" in record["noise"]["why_not"]
+    assert "not measured" in (out / advise_report.RESULT_MD).read_text()
+    assert (out / advise_report.RESULT_PNG).read_bytes()[:4] == b"\x89PNG"
+
+
 def no_build(*args, **kwargs):
     raise AssertionError("the probe started before --out was checked")
 

@@ -137,7 +137,7 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
         ramp[batch] = ramp_steps(at_b.warmup_steps)
         hold[batch] = hold_steps(at_b.steps_per_epoch, at_b.total_steps - at_b.warmup_steps)
     base_plan = plan_from_config(config_at(cfg, base), train_images // base)
-    hessian_images = min(HESSIAN_IMAGES, train_images)
+    hessian_images = min(max(HESSIAN_IMAGES, cfg.group_size), train_images)
     hessian_images = max(hessian_images - hessian_images % cfg.group_size, 0)
     judge = min(JUDGE_IMAGES, train_images)
     # the base state: the base batch through the recipe's warmup, at least one epoch
@@ -284,6 +284,9 @@ def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
             ledger.spend("noise scale", big.cfg.batch_size)
             grad_sq.append(g)
             trace_sigma.append(t)
+    if not all(math.isfinite(v) for v in grad_sq + trace_sigma):
+        return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
+                "why_not": "the gradients at the base state are not finite"}
     if not sum(grad_sq) > 0:
         return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
                 "why_not": "the unbiased |G|² estimate was not positive (noise dominates at "
@@ -325,9 +328,17 @@ def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict
             yield loss, len(y[start:start + chunk]) / len(y)
 
     params = [p for p in setup.model.parameters() if p.requires_grad]
+    if not all(torch.isfinite(p).all() for p in params):
+        return {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
+                "why_not": "the base state's weights are not finite"}
     with noise_scale.batch_norm_buffers_kept(setup.model):
-        result = hessian.top_positive_eigenvalue(chunks, params, HESSIAN_TOL, iters,
-                                                 setup.cfg.seed)
+        try:
+            result = hessian.top_positive_eigenvalue(chunks, params, HESSIAN_TOL, iters,
+                                                     setup.cfg.seed)
+        except RuntimeError as error:  # e.g. eigh of a non-finite tridiagonal matrix
+            ledger.spend("Hessian", 2 * images * iters)
+            return {"lambda_max": None, "iterations": 0, "converged": False, "images": images,
+                    "why_not": f"Lanczos failed: {error}"}
     ledger.spend("Hessian", 2 * images * result.iterations)
     return {"lambda_max": result.eigenvalue, "lambda_min_ritz": result.smallest,
             "residual": result.residual, "iterations": result.iterations,
