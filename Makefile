@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/batchscale study demo --jobs 2 --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check batchscale tests scripts benchmarks
+	$(BIN)/ruff check batchscale tests scripts benchmarks examples
 
 # the suite in parallel pytest processes, one per core (at most 2): scripts/run_tests.py
 test: lint

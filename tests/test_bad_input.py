@@ -34,7 +34,7 @@ from batchscale import files
 from batchscale.cli import main
 from batchscale.engine import cifar10, data
 
-from conftest import ROOT
+from conftest import PATIENCE_S, ROOT
 
 TINY = ["--width", "4", "--train-subset", "256", "--batch-size", "64", "--quiet",
         "--threads", "2", "--device", "cpu"]
@@ -729,7 +729,7 @@ def test_kill_9_of_rank_1_gives_no_rank0_traceback(tmp_path):
                  if b"RANK=1\0" in Path(f"/proc/{c}/environ").read_bytes()]
         assert len(rank1) == 1, children
         os.kill(rank1[0], signal.SIGKILL)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=PATIENCE_S)
     finally:
         if process.poll() is None:
             process.kill()

@@ -14,7 +14,7 @@ from PIL import Image
 from batchscale.cli import build_parser, main
 from batchscale.engine.train import RunScale, train
 
-from conftest import ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, tiny_config
 
 TINY = ["--width", "4", "--train-subset", "256", "--epochs", "1", "--batch-size", "64",
         "--quiet", "--threads", "2", "--device", "cpu"]
@@ -93,7 +93,7 @@ def test_config_file_is_read_and_options_win(capsys, tmp_path):
 def test_the_console_entry_point_exits_2_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "batchscale", "train", "--out",
                              str(tmp_path / "r"), "--bn-group", "7"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+                            text=True, cwd=ROOT, timeout=PATIENCE_S)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 

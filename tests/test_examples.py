@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import PATIENCE_S
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -49,7 +51,7 @@ def test_the_plain_loop_adds_five_lines_and_prints_the_noise_scale(capsys):
 def test_the_ddp_loop_runs_under_torchrun_with_two_workers():
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(EXAMPLES / "ddp_loop.py")], capture_output=True, text=True, timeout=240,
+         str(EXAMPLES / "ddp_loop.py")], capture_output=True, text=True, timeout=PATIENCE_S,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
@@ -80,7 +82,7 @@ def test_the_lightning_callback_under_a_ddp_strategy_logs_the_workers_estimate(t
     the averaged one the big batch of 64, logged through the trainer's CSVLogger."""
     lightning_or_skip()
     done = subprocess.run([sys.executable, str(EXAMPLES / "lightning_fit.py"), str(tmp_path),
-                           "--devices", "2"], capture_output=True, text=True, timeout=300,
+                           "--devices", "2"], capture_output=True, text=True, timeout=PATIENCE_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [r for r in metrics_rows(tmp_path) if r.get("noise/big_batch")]

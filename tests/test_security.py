@@ -19,7 +19,7 @@ from batchscale.engine.data import MAX_MEMBER_BYTES, read_image_folder
 from batchscale.engine.train import train
 from batchscale.errors import UserError
 
-from conftest import tiny_config
+from conftest import PATIENCE_S, tiny_config
 
 
 class Payload:
@@ -34,7 +34,7 @@ class Payload:
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "batchscale", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=PATIENCE_S)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from batchscale.engine import rundir
 from batchscale.engine.train import train
 
-from conftest import ROOT, tiny_config
+from conftest import PATIENCE_S, ROOT, tiny_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -69,7 +69,7 @@ def test_without_tensorboard_the_option_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", code, "train", "--out", str(out),
                            "--tensorboard", "--width", "4", "--train-subset", "128",
-                           "--epochs", "1"], capture_output=True, text=True, timeout=120,
+                           "--epochs", "1"], capture_output=True, text=True, timeout=PATIENCE_S,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
