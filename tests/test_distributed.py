@@ -417,3 +417,37 @@ def test_a_worker_leaving_while_gloo_releases_a_tensor_does_not_abort(tmp_path):
     assert "Fatal Python error: Aborted" in plain[1][0], plain
     fixed = leave_with_a_collective_in_flight("run_main", tmp_path / "b")
     assert [code for _, code in fixed] == [0, 0], fixed
+
+
+STOPS_AS_ASKED = """
+import os, signal, sys, time
+from pathlib import Path
+asked = []
+def handle(signum, frame):
+    if asked:  # a second SIGTERM: the launcher cut this worker short
+        os._exit(99)
+    asked.append(signum)
+signal.signal(signal.SIGTERM, handle)
+print("ready", flush=True)
+while not asked:
+    time.sleep(0.01)
+time.sleep(float(sys.argv[1]))  # rank 0 writes its checkpoint and summary meanwhile
+Path(sys.argv[2]).write_text("whole")
+sys.exit(128 + signal.SIGTERM)
+"""
+
+
+def test_a_worker_that_stops_as_asked_does_not_cut_the_others_short(tmp_path):
+    """SIGTERM passed on by the launcher: the quick worker exits 143 first; that is not a
+    failure, so the slow one (rank 0 writing its summary) is not terminated in the middle."""
+    import threading
+
+    workers = [subprocess.Popen([sys.executable, "-c", STOPS_AS_ASKED, str(delay),
+                                 str(tmp_path / f"done{delay}")], stdout=subprocess.PIPE, text=True)
+               for delay in (0.0, 1.5)]
+    assert [w.stdout.readline().strip() for w in workers] == ["ready", "ready"]
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    code, received = distributed._wait_all(workers)
+    assert received == [signal.SIGTERM] and code == 128 + signal.SIGTERM
+    assert [w.returncode for w in workers] == [143, 143]
+    assert (tmp_path / "done1.5").read_text() == "whole"

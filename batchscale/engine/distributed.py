@@ -376,7 +376,8 @@ def loopback_env() -> dict:
 
 def _wait_all(workers: list[subprocess.Popen], grace_s: float = 30.0) -> tuple[int, list[int]]:
     """Wait for every worker; the first to fail has the others terminated (then killed after
-    `grace_s`). Returns (the first non-zero exit code or 0, the signals this process received)."""
+    `grace_s`); one that exits 128 + a signal this process passed on stopped as asked.
+    Returns (the first non-zero exit code or 0, the signals this process received)."""
     received: list[int] = []
 
     def forward(signum, frame):
@@ -390,7 +391,10 @@ def _wait_all(workers: list[subprocess.Popen], grace_s: float = 30.0) -> tuple[i
     code, deadline = 0, None
     try:
         while None in (codes := [worker.poll() for worker in workers]):  # poll every one
-            failed = [c for c in codes if c not in (None, 0)]
+            # a worker that stopped as asked (exit 128 + a signal passed on to it) has not
+            # failed: terminating the others then would cut rank 0's checkpoint and summary
+            stopped = {128 + signum for signum in received}
+            failed = [c for c in codes if c not in (None, 0) and c not in stopped]
             if failed and not code:
                 code, deadline = failed[0], time.monotonic() + grace_s
                 for worker in workers:
