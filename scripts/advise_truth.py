@@ -32,6 +32,16 @@ whole batch): those cells are trained once, under bn-warmup, and shown in both r
 A cell (recipe, length, B, lr) *trains* when every seed's run ends without the engine's
 diverged status (non-finite loss, or collapse by engine/collapse.py); otherwise it *diverges*.
 
+Round 2 (`--round 2`, session 6): four new recipes (ROUND2 below), `short` = 8 epochs, the same
+grid, batches, seeds and data. Round 1 was all seen, so it all tunes; round 2's recipes are split by
+the same hash rule into split2.json (committed before any round-2 run existed):
+
+    nice -n 10 python scripts/advise_truth.py split --round 2
+    nice -n 10 python scripts/advise_truth.py run short --round 2 --jobs 2   # tuning cells first
+    nice -n 10 python scripts/advise_truth.py run long --round 2 --recipes nesterov-poly,no-warmup-ls
+    nice -n 10 python scripts/advise_truth.py advise held_out --round 2      # once, when frozen
+    python scripts/advise_truth.py report held_out --round 2                 # report-round2.md
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -60,10 +70,30 @@ RECIPES = {
     "no-warmup": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0},
     "rmsprop": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0},
 }
+# Round 2 (session 6): four recipes none of whose cells any advise rule has seen, at 8 epochs
+# (`short`) and 30 (`long`). Round 1's recipes were all seen (its held-out half was probed), so
+# they all tune now; round 2's are split by the same hash rule (split2.json, committed before any
+# of their runs), half tuning, half held out.
+ROUND2 = {
+    "nesterov-poly": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 1, "bn_group": 0,
+                      "schedule": "poly"},
+    "group4-warmup2": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 4},
+    "no-warmup-ls": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0,
+                     "label_smoothing": 0.1},
+    "rmsprop-a09": {"optimizer": "rmsprop", "warmup_epochs": 2, "rmsprop_alpha": 0.9,
+                    "schedule": "poly"},
+}
+ROUND1 = dict(RECIPES)
+RECIPES.update(ROUND2)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 6
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
 LENGTHS = {"short": 4, "long": 30}
+LENGTHS2 = {"short": 8, "long": 30}  # round 2's run lengths
+
+
+def epochs_of(recipe: str, length: str) -> int:
+    return (LENGTHS2 if recipe in ROUND2 else LENGTHS)[length]
 BATCHES = [8, 32, 128]
 SEEDS = [0, 1]
 
@@ -73,8 +103,23 @@ def grid(recipe: str) -> list[float]:
     return [round(base * 2 ** k, 10) for k in range(GRID_POINTS)]
 
 
+def split2() -> dict:
+    """Round 2: its recipes ranked by the same rule; every round-1 recipe tunes (all were seen)."""
+    ranked = sorted(ROUND2, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    half = len(ranked) // 2
+    return {"rule": "round 2: its recipes ranked by sha256(name).hexdigest(); the first half "
+                    "tunes, the rest is held out; every round-1 recipe tunes (its held-out half "
+                    "was probed in session 5); both lengths of a recipe in the same half",
+            "digests": {n: hashlib.sha256(n.encode()).hexdigest() for n in ranked},
+            "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
+
+
+def halves(round_: int) -> dict:
+    return split() if round_ == 1 else split2()
+
+
 def split() -> dict:
-    ranked = sorted(RECIPES, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    ranked = sorted(ROUND1, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
     half = len(ranked) // 2
     return {"rule": "recipes ranked by sha256(name).hexdigest(); the first half tunes, the rest "
                     "is held out; both lengths of a recipe in the same half",
@@ -89,7 +134,7 @@ def run_dir(length: str, recipe: str, batch: int, lr: float, seed: int) -> Path:
 
 
 def config_of(length: str, recipe: str, batch: int, lr: float, seed: int) -> dict:
-    return {**BASE, **RECIPES[recipe], "epochs": LENGTHS[length], "batch_size": batch,
+    return {**BASE, **RECIPES[recipe], "epochs": epochs_of(recipe, length), "batch_size": batch,
             "lr": lr, "seed": seed}
 
 
@@ -167,24 +212,28 @@ def train_cell(cell: tuple) -> str:
 
 
 def run(length: str, jobs: int, batches: list[int] | None = None,
-        recipes: list[str] | None = None) -> None:
-    todo = cells(length, batches, recipes)
+        recipes: list[str] | None = None, round_: int = 1) -> None:
+    todo = cells(length, batches, recipes or list(ROUND1 if round_ == 1 else ROUND2))
     # the largest batches first: the cheapest per image and the likeliest to break
     todo.sort(key=lambda c: (-c[2], c[1], c[3], c[4]))
-    held_out = split()["held_out"]
-    todo.sort(key=lambda c: c[1] not in held_out)  # the held-out cells first (a stable sort)
+    if round_ == 1:
+        held_out = split()["held_out"]
+        todo.sort(key=lambda c: c[1] not in held_out)  # the held-out cells first (a stable sort)
+    else:  # round 2: the tuning cells first (they are needed first); then the held-out ones
+        tuning = split2()["tuning"]
+        todo.sort(key=lambda c: c[1] not in tuning)
     with ProcessPoolExecutor(jobs) as pool:
         for line in pool.map(train_cell, todo):
             print(line, flush=True)
 
 
 def collect() -> dict:
-    record = {"split": split(), "lengths": LENGTHS,
+    record = {"split": split(), "split2": split2(), "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS,
               "base": BASE, "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
-        for recipe in RECIPES:
+        for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
             for batch in BATCHES:
                 for lr in grid(recipe):
                     outcome = cell_outcome(length, recipe, batch, lr)
@@ -201,23 +250,25 @@ def collect() -> dict:
 ADVISE_K = 3  # the recipe's own lr for advise: the middle of the short grid (k = 1..5)
 
 
-def advise_dir(half: str, recipe: str, length: str) -> Path:
-    return OUT / "advise" / half / f"{recipe}-{length}"
+def advise_dir(half: str, recipe: str, length: str, round_: int = 1) -> Path:
+    return OUT / "advise" / ("" if round_ == 1 else "round2") / half / f"{recipe}-{length}"
 
 
-def advise_half(half: str, lengths: list[str] | None = None) -> None:
+def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
     would run it: a subprocess; its exit code and any traceback are recorded."""
     import subprocess
     import time
-    names = split()["tuning" if half == "tuning" else "held_out"]
+    names = halves(round_)["tuning" if half == "tuning" else "held_out"]
+    if round_ == 2 and half == "tuning":
+        names = [n for n in names if n in ROUND2]  # round 1's own probes are in advise/tuning/
     log = []
     for recipe in names:
         for length in lengths or LENGTHS:
             cfg = config_of(length, recipe, BASE["base_batch_size"], grid(recipe)[ADVISE_K], 0)
             command = [sys.executable, "-m", "batchscale", "advise", "--batches",
                        ",".join(map(str, BATCHES)), "--out",
-                       str(advise_dir(half, recipe, length)), "--overwrite", "--quiet"]
+                       str(advise_dir(half, recipe, length, round_)), "--overwrite", "--quiet"]
             skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
             for key, value in cfg.items():
                 if key in skip:
@@ -232,7 +283,7 @@ def advise_half(half: str, lengths: list[str] | None = None) -> None:
                   flush=True)
             log.append(entry)
     from batchscale import files
-    path = OUT / "advise" / half / "runs.json"
+    path = advise_dir(half, "x", "y", round_).parent / "runs.json"
     if path.exists():  # keep the other lengths' entries
         keep = [e for e in json.loads(path.read_text())
                 if (e["recipe"], e["length"]) not in {(x["recipe"], x["length"]) for x in log}]
@@ -260,16 +311,18 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
     return low <= m_high * factor * (1 + 1e-9) and high * factor * (1 + 1e-9) >= m_low
 
 
-def report(half: str) -> str:
+def report(half: str, round_: int = 1) -> str:
     from batchscale import files
     from batchscale.analysis import advise_rules
     record = collect()
-    names = split()["tuning" if half == "tuning" else "held_out"]
-    runs = json.loads((OUT / "advise" / half / "runs.json").read_text())
+    names = halves(round_)["tuning" if half == "tuning" else "held_out"]
+    if round_ == 2 and half == "tuning":
+        names = [n for n in names if n in ROUND2]
+    runs = json.loads((advise_dir(half, "x", "y", round_).parent / "runs.json").read_text())
     rows, brackets, costs, missing = [], [], [], []
     for recipe in names:
         for length in LENGTHS:
-            path = advise_dir(half, recipe, length) / "advice.json"
+            path = advise_dir(half, recipe, length, round_) / "advice.json"
             if not path.exists():
                 missing.append(f"{recipe} {length}")
                 continue
@@ -301,14 +354,19 @@ def report(half: str) -> str:
     failures = sum(r["returncode"] != 0 for r in runs)
     short_costs = [c for c in costs if c[1] == "short"]
     import subprocess
-    frozen = subprocess.run(["git", "log", "--grep", "FROZEN RULES", "--format=%h %cI", "-1"],
+    marker = "FROZEN RULES" if round_ == 1 else "FROZEN RULES (round 2)"
+    frozen = subprocess.run(["git", "log", "--fixed-strings", "--grep", marker,
+                             "--format=%h %cI", "-1"],
                             capture_output=True, text=True, cwd=ROOT).stdout.strip()
     long_cells = sorted({(r[0], r[2]) for r in rows if r[1] == "long"})
     lines = [f"# advise on the {half.replace('_', '-')} half of advise-truth", "",
-             f"Generated by `python scripts/advise_truth.py report {half}` from "
-             f"`advise/{half}/*/advice.json` and the runs' summaries (recipes: "
+             f"Generated by `python scripts/advise_truth.py report {half}"
+             f"{'' if round_ == 1 else ' --round 2'}` from "
+             f"`{advise_dir(half, 'x', 'y', round_).parent.relative_to(OUT)}/*/advice.json` and "
+             f"the runs' summaries (round {round_}; short = "
+             f"{(LENGTHS if round_ == 1 else LENGTHS2)['short']} epochs; recipes: "
              f"{', '.join(names)}). Rules frozen at {frozen or 'unknown'} (the commit whose "
-             f"message starts FROZEN RULES); the probes ran at the default budget. Long (30 "
+             f"message starts {marker}); the probes ran at the default budget. Long (30 "
              f"epochs) cells present: "
              f"{', '.join(f'{r} B = {b}' for r, b in long_cells) or 'none'}.", "",
              "| what | target | measured |", "|---|---|---|",
@@ -339,7 +397,8 @@ def report(half: str) -> str:
               f"{'n/a' if ok is None else 'yes' if ok else '**no**'} |"
               for r, ln, b, lo, hi, ml, mh, ok in brackets]
     text = "\n".join(lines) + "\n"
-    name = "report.md" if half == "held_out" else "report-tuning.md"
+    name = ("report.md" if half == "held_out" else "report-tuning.md") if round_ == 1 else (
+        "report-round2.md" if half == "held_out" else "report-round2-tuning.md")
     files.write_text(OUT / name, text)
     del short_costs
     return text
@@ -354,22 +413,25 @@ def main() -> None:
     parser.add_argument("--batches", help="run: only these batch sizes, e.g. 128,32")
     parser.add_argument("--recipes", help="run: only these recipes, e.g. bn-warmup,rmsprop")
     parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
+    parser.add_argument("--round", type=int, choices=[1, 2], default=1, dest="round_",
+                        help="1: session 5's four recipes; 2: session 6's four (split2.json)")
     args = parser.parse_args()
     if args.what == "split":
         from batchscale import files
         OUT.mkdir(parents=True, exist_ok=True)
-        files.write_text(OUT / "split.json", json.dumps(split(), indent=1) + "\n")
-        print(json.dumps(split(), indent=1))
+        name = "split.json" if args.round_ == 1 else "split2.json"
+        files.write_text(OUT / name, json.dumps(halves(args.round_), indent=1) + "\n")
+        print(json.dumps(halves(args.round_), indent=1))
     elif args.what == "run":
         if args.length is None:
             parser.error("run needs a length: short or long")
         run(args.length, args.jobs,
             [int(b) for b in args.batches.split(",")] if args.batches else None,
-            args.recipes.split(",") if args.recipes else None)
+            args.recipes.split(",") if args.recipes else None, args.round_)
     elif args.what == "advise":
-        advise_half(args.length, args.lengths.split(",") if args.lengths else None)
+        advise_half(args.length, args.lengths.split(",") if args.lengths else None, args.round_)
     elif args.what == "report":
-        print(report(args.length))
+        print(report(args.length, args.round_))
     else:
         record = collect()
         print(f"{len(record['cells'])} cells in {OUT / 'outcomes.json'}")
