@@ -38,7 +38,8 @@ the same hash rule into split2.json (committed before any round-2 run existed):
 
     nice -n 10 python scripts/advise_truth.py split --round 2
     nice -n 10 python scripts/advise_truth.py run short --round 2 --jobs 2   # tuning cells first
-    nice -n 10 python scripts/advise_truth.py run long --round 2 --recipes nesterov-poly,no-warmup-ls
+    nice -n 10 python scripts/advise_truth.py run long --round 2 \
+        --recipes nesterov-poly,no-warmup-ls
     nice -n 10 python scripts/advise_truth.py advise held_out --round 2      # once, when frozen
     python scripts/advise_truth.py report held_out --round 2                 # report-round2.md
 
@@ -254,14 +255,13 @@ def advise_dir(half: str, recipe: str, length: str, round_: int = 1) -> Path:
     return OUT / "advise" / ("" if round_ == 1 else "round2") / half / f"{recipe}-{length}"
 
 
-def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1) -> None:
+def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
+                recipes: list[str] | None = None) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
     would run it: a subprocess; its exit code and any traceback are recorded."""
     import subprocess
     import time
-    names = halves(round_)["tuning" if half == "tuning" else "held_out"]
-    if round_ == 2 and half == "tuning":
-        names = [n for n in names if n in ROUND2]  # round 1's own probes are in advise/tuning/
+    names = recipes or halves(round_)["tuning" if half == "tuning" else "held_out"]
     log = []
     for recipe in names:
         for length in lengths or LENGTHS:
@@ -316,8 +316,6 @@ def report(half: str, round_: int = 1) -> str:
     from batchscale.analysis import advise_rules
     record = collect()
     names = halves(round_)["tuning" if half == "tuning" else "held_out"]
-    if round_ == 2 and half == "tuning":
-        names = [n for n in names if n in ROUND2]
     runs = json.loads((advise_dir(half, "x", "y", round_).parent / "runs.json").read_text())
     rows, brackets, costs, missing = [], [], [], []
     for recipe in names:
@@ -429,7 +427,8 @@ def main() -> None:
             [int(b) for b in args.batches.split(",")] if args.batches else None,
             args.recipes.split(",") if args.recipes else None, args.round_)
     elif args.what == "advise":
-        advise_half(args.length, args.lengths.split(",") if args.lengths else None, args.round_)
+        advise_half(args.length, args.lengths.split(",") if args.lengths else None, args.round_,
+                    args.recipes.split(",") if args.recipes else None)
     elif args.what == "report":
         print(report(args.length, args.round_))
     else:

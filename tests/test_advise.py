@@ -278,3 +278,28 @@ def test_bad_batches_are_one_line_and_exit_2(tmp_path, capsys, batches):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--batches" in err
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("bn_group", [0, 4])
+def test_trials_at_a_larger_batch_use_the_recipes_batch_norm(bn_group):
+    """A step of the probe at B = 32 equals a step of the recipe's own run at B = 32 from the same
+    weights: whole-batch BN stays whole-batch (it was probed with the base batch's groups of 8,
+    i.e. as per-worker BN), groups of 4 stay groups of 4."""
+    from batchscale.engine.setup import build
+    from batchscale.engine.step import forward_loss, prepare_input
+    torch.manual_seed(0)
+    recipe = {"dataset": "sample", "train_subset": 256, "width": 4, "base_batch_size": 8,
+              "batch_size": 8, "bn_group": bn_group, "threads": 1, "epochs": 1}
+    base = build(advise_rules.from_dict(recipe), progress=False)
+    advise.recipe_groups(base)
+    at_32 = advise.setup_at(base, 32)
+    own = build(advise_rules.from_dict({**recipe, "batch_size": 32}), progress=False)
+    own.model.load_state_dict(base.model.state_dict())
+    x, y = base.train.images[:32], base.train.labels[:32]
+    from batchscale.engine.data import normalize
+    probe_loss = forward_loss(at_32, prepare_input(at_32, normalize(x)), y)[0]
+    run_loss = forward_loss(own, prepare_input(own, normalize(x)), y)[0]
+    assert probe_loss.item() == pytest.approx(run_loss.item(), rel=1e-6)
+    groups = advise.setup_at(build(advise_rules.from_dict(recipe), progress=False), 32)
+    stale = forward_loss(groups, prepare_input(groups, normalize(x)), y)[0]  # without the fix
+    assert (stale.item() != pytest.approx(run_loss.item(), rel=1e-6)) == (bn_group == 0)

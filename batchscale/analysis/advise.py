@@ -68,6 +68,7 @@ from batchscale.analysis.advise_rules import (
 from batchscale.config import TrainConfig
 from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader, normalize
+from batchscale.engine.norm import set_group_size
 from batchscale.engine.optim import set_lr
 from batchscale.engine.schedule import plan_from_config
 from batchscale.engine.setup import Setup, build
@@ -163,6 +164,14 @@ def setup_at(base: Setup, batch: int) -> Setup:
     cfg = config_at(base.cfg, batch)
     plan = plan_from_config(cfg, len(base.train) // batch)
     return dataclasses.replace(base, cfg=cfg, plan=plan, noise=None, train_model=None)
+
+
+def recipe_groups(setup: Setup) -> None:
+    """Batch norm as the recipe has it at every batch the probe trains: groups of bn_group, or the
+    whole batch without groups. The model is built for the base batch (its groups are the base
+    batch), so without this a whole-batch-BN recipe was probed at B > base with BN over groups of
+    the base batch -- the per-worker-BN recipe instead of its own."""
+    set_group_size(setup.model, setup.cfg.bn_group if setup.cfg.bn_impl == "ghost" else 0)
 
 
 def state_of(setup: Setup) -> dict:
@@ -460,6 +469,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     say(f"advise: budget {budget} images ({share:.1%} of a full run at B = "
         f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''})"
         f"; base warmup {plan.base_steps} steps")
+    recipe_groups(setup)
     init = state_of(setup)
     base = warm_up_base(setup, plan.base_steps, ledger)
     noise = noise_at(setup, plan.noise_measurements, ledger)
