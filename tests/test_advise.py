@@ -6,6 +6,7 @@ values that cannot be log-scaled."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -303,3 +304,31 @@ def test_trials_at_a_larger_batch_use_the_recipes_batch_norm(bn_group):
     groups = advise.setup_at(build(advise_rules.from_dict(recipe), progress=False), 32)
     stale = forward_loss(groups, prepare_input(groups, normalize(x)), y)[0]  # without the fix
     assert (stale.item() != pytest.approx(run_loss.item(), rel=1e-6)) == (bn_group == 0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
+def test_a_trial_leaves_the_state_it_starts_from_unchanged(optimizer):
+    """Every trial starts from the same warmed-up state: training after load_state must not
+    write into that state (torch's Optimizer.load_state_dict keeps the given tensors when their
+    dtype and device match, so without a copy the second trial at B started from the first
+    trial's momentum buffers), and the same trial twice gives the same losses."""
+    from batchscale.engine.setup import build
+    cfg = advise_rules.from_dict({"dataset": "sample", "train_subset": 256, "width": 4,
+                                  "base_batch_size": 8, "batch_size": 8, "threads": 1,
+                                  "epochs": 2, "warmup_epochs": 1, "optimizer": optimizer,
+                                  "lr": 0.05 if optimizer == "sgd" else 0.001})
+    setup = build(cfg, progress=False)
+    advise.recipe_groups(setup)
+    ledger = advise.Ledger(10 ** 9)
+    advise.warm_up_base(setup, 8, ledger)
+    warm = advise.state_of(setup)
+    before = copy.deepcopy(warm)
+    at_32 = advise.setup_at(setup, 32)
+    sample = advise.fixed_sample(setup, 32)
+    start = advise.sample_loss(setup, sample, ledger)
+    runs = [advise.run_trial(at_32, warm, cfg.lr * 8, 2, 3, ledger, 10, 10, sample, start)[2]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    for key, value in before["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, warm["optimizer"]["state"][key][name]), name

@@ -181,7 +181,9 @@ def state_of(setup: Setup) -> dict:
 
 def load_state(setup: Setup, state: dict) -> None:
     setup.model.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
+    # a copy: Optimizer.load_state_dict keeps the given tensors when dtype and device already
+    # match, so the momentum buffers of every trial after the first were the previous trial's
+    setup.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
 
 
 def batches_of(setup: Setup, seed_offset: int):
