@@ -81,10 +81,11 @@ def test_verdicts_by_hand():
     assert verdict(1.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(1.0))
     assert verdict(4.0, 0.5, 1.0)[:2] == ("diverges", pytest.approx(0.25))
     assert verdict(0.7, 0.5, 1.0, safety=1.0)[0] == "at risk"  # inside the bracket
-    # the frozen SAFETY √2: a peak that passed but whose √2 × did not pass is at risk
-    assert advise_rules.SAFETY == pytest.approx(math.sqrt(2))
-    assert verdict(0.5, 0.5, 1.0)[0] == "at risk"
-    assert verdict(0.35, 0.5, 1.0)[0] == "stable"
+    # the default SAFETY 1: a trial that passed at the peak itself makes it stable
+    assert advise_rules.SAFETY == 1.0
+    assert verdict(0.5, 0.5, 1.0)[0] == "stable"
+    assert verdict(0.5, 0.5, 1.0, safety=math.sqrt(2))[0] == "at risk"
+    assert verdict(0.35, 0.5, 1.0, safety=math.sqrt(2))[0] == "stable"
     assert advise_rules.verdict(0.5, None, None)[0] == "at risk"  # untested
     assert advise_rules.verdict(0.5, 0.5, None, safety=2.0)[0] == "at risk"
     assert advise_rules.verdict(0.25, 0.5, None, safety=2.0)[0] == "stable"
@@ -332,3 +333,23 @@ def test_a_trial_leaves_the_state_it_starts_from_unchanged(optimizer):
     for key, value in before["optimizer"]["state"].items():
         for name, tensor in value.items():
             assert torch.equal(tensor, warm["optimizer"]["state"][key][name]), name
+
+
+def test_the_default_budget_by_hand():
+    """One run up to 10 epochs, 10/epochs of a run up to 100, a tenth beyond; never below what
+    gives every batch its first trial."""
+    assert advise.budget_cap(8000, 8) == 8000
+    assert advise.budget_cap(30000, 30) == 10000
+    assert advise.budget_cap(200000, 200) == 20000
+    plan = advise.Plan(base_steps=10, noise_measurements=1, hessian_images=8, hessian_iters=2,
+                       timing_images=100, ramp={8: 2, 32: 2}, hold={8: 3, 32: 3},
+                       judge_images=16)
+    fixed = 100 + 10 * 8 + 16 + 1 * advise.NOISE_SMALL_BATCHES * 8 + 2 * 8 * 2
+    assert plan.fixed_images(8) == fixed
+    trials = (5 * 8 + 32) + (5 * 32 + 32)
+    assert plan.needed(8) == fixed + trials
+    assert advise.default_budget(plan, 8, 8000, 8) == fixed + advise.DEFAULT_TRIALS * trials
+    assert advise.default_budget(plan, 8, 100000, 8) == 10000  # at least a tenth of a run
+    assert advise.default_budget(plan, 8, 400, 4) == fixed + trials  # the cap is below needed
+    assert advise.default_budget(plan, 8, 1000, 4) == 1000  # capped at one run
+    assert advise.default_budget(plan, 8, 10 ** 7, 200) == 10 ** 6  # a tenth of a long run

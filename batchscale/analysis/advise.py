@@ -3,14 +3,17 @@
     batchscale advise --config recipe.yaml --batches 4,16,64,256 --out advice/
 
 For every candidate batch B the probe measures, on this machine and within a budget of training
-images (default: what the probe needs, at least 10% of one full run of the recipe):
+images (default: 3 trials per batch, but at most one run of a recipe of up to 10 epochs, 10/epochs
+of a run up to 100 epochs and a tenth of a run beyond -- never less than every batch's first
+trial):
 
 1. throughput (img/s over a few timed steps) and memory (activations kept for backward plus the
    parameters, gradients and optimizer state; on CUDA the allocator's peak), and whether it fits;
 2. stability, by held-peak trials: from the recipe's warmed-up base state (the base batch trained
    through its warmup; the initialization when it has none) a trial replays the warmup ramp to a
    candidate peak at B and holds that peak, and is judged by the engine's collapse rule and a
-   loss-progress test (advise_rules.judge_trial). Per B the largest stable peak is bracketed by
+   loss-progress test (advise_rules.judge_trial); every trial at B sees the same batches, so
+   trials differ only in the rate. Per B the largest stable peak is bracketed by
    log bisection from the recipe's peak (factor 2, then √2 as the budget allows), and the verdict
    compares the recipe's peak with the bracket;
 3. the largest positive eigenvalue λ_max of the training loss's Hessian at the base state
@@ -82,6 +85,7 @@ NOISE_SMALL_BATCHES = 8  # a noise measurement: this many base batches, one big 
 NOISE_MEASUREMENTS = 2
 HESSIAN_IMAGES, HESSIAN_ITERS, HESSIAN_TOL = 32, 10, 1e-2
 JUDGE_IMAGES = 128  # the fixed sample of the loss-progress test
+TRIAL_STREAM = 10  # every trial at a batch sees the same batches: trials differ only in the rate
 
 
 # ---------------------------------------------------------------------- the budget
@@ -150,12 +154,20 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
                 ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge)
 
 
-def default_budget(plan: Plan, base_batch: int, full_run: int) -> int:
-    """At least DEFAULT_BUDGET_FRACTION of a full run, and at least the fixed pieces plus
-    DEFAULT_TRIALS trials per batch."""
+def budget_cap(full_run: int, epochs: int) -> int:
+    """The most the default budget spends: one run for a recipe of up to 10 epochs, a tenth of a
+    run from 100 epochs on, 10 / epochs of a run in between (a third of a 30-epoch run)."""
+    return int(full_run * max(DEFAULT_BUDGET_FRACTION, min(1.0, 10 / max(epochs, 1))))
+
+
+def default_budget(plan: Plan, base_batch: int, full_run: int, epochs: int) -> int:
+    """DEFAULT_TRIALS trials per batch plus the fixed pieces (at least DEFAULT_BUDGET_FRACTION of
+    a run), but no more than budget_cap -- and never less than what gives every batch its first
+    trial (then the probe costs more than the cap, and says so)."""
     trials = sum(plan.trial_images(b) for b in plan.ramp)
-    return max(int(DEFAULT_BUDGET_FRACTION * full_run),
-               plan.fixed_images(base_batch) + DEFAULT_TRIALS * trials)
+    wanted = max(int(DEFAULT_BUDGET_FRACTION * full_run),
+                 plan.fixed_images(base_batch) + DEFAULT_TRIALS * trials)
+    return max(plan.needed(base_batch), min(wanted, budget_cap(full_run, epochs)))
 
 
 # ---------------------------------------------------------------------- the probe's pieces
@@ -460,7 +472,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     full_run = train_images * cfg.epochs
     plan = plan_probe(cfg, batches, train_images)
     fixed, needed = plan.fixed_images(cfg.base_batch_size), plan.needed(cfg.base_batch_size)
-    budget = budget_images or default_budget(plan, cfg.base_batch_size, full_run)
+    budget = budget_images or default_budget(plan, cfg.base_batch_size, full_run, cfg.epochs)
     if budget < fixed:
         raise UserError(f"--budget-images {budget} is too small: timing, the base warmup, the "
                         f"noise scale and the Hessian take {fixed} images; {needed} give every "
@@ -499,7 +511,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
                 continue
             judgement, rates, losses, accs = run_trial(
                 at[batch], warm, candidate, plan.ramp[batch], plan.hold[batch], ledger, classes,
-                10 + len(brackets[batch].trials), sample, start_loss)
+                TRIAL_STREAM, sample, start_loss)
             brackets[batch].record(candidate, judgement, len(losses), len(losses) * batch)
             curves[batch].append({"lr": candidate, "rates": rates, "losses": losses,
                                   "accs": accs, "failed": judgement.failed})
@@ -537,7 +549,8 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "probe_wall_s": time.perf_counter() - started, "device": str(setup.device),
         "plan": dataclasses.asdict(plan), "base": base, "noise": noise, "curvature": curvature,
         "momentum": beta,
-        "rules": {"start": START, "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
+        "rules": {"start": START, "trial_stream": "the same batches for every trial at a B",
+                  "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
                   "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
                   "judge": "failed: a non-finite loss; the last window exploded by "
                            "engine/collapse.py (at chance, loss ≥ 1.25 ln C); or the fixed "
