@@ -481,7 +481,8 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     classes = int(setup.train.labels.max().item()) + 1
     share = budget / full_run
     say(f"advise: budget {budget} images ({share:.1%} of a full run at B = "
-        f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''})"
+        f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''}"
+        f"{'; more than a run: every batch gets its first trial' if share > 1 else ''})"
         f"; base warmup {plan.base_steps} steps")
     recipe_groups(setup)
     init = state_of(setup)

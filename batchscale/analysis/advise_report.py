@@ -65,7 +65,10 @@ def markdown(record: dict) -> str:
                      f"residual {curv['residual']:.2g} after {curv['iterations']} Lanczos "
                      f"iterations on {curv['images']} images, at the base state){bound}")
     share = record["probe_fraction"]
-    over = (" — more than 10% of a run: the default budget is what the trials need"
+    over = (" — more than one run: every batch's first trial needs that much"
+            if share > 1 and record["budget_default"] else
+            " — more than 10% of a run: the default budget holds 3 trials per batch, up to one "
+            "run for a recipe of ≤ 10 epochs (10/epochs of a run up to 100)"
             if share > 0.1 and record["budget_default"] else "")
     return f"""# batchscale advise
 
