@@ -8,7 +8,6 @@ import os
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 
 from batchscale.bench import Reference, augment_one, to_tensor
@@ -73,6 +72,16 @@ def test_reference_step_trains_the_same_model_class_and_optimizer():
                                    atol=1e-5, msg=name)
 
 
+def assert_ratio_of_rounded(ratio: float, num: float, den: float, part_step: float,
+                            ratio_step: float) -> None:
+    """`ratio` (the unrounded num/den rounded to `ratio_step`) agrees with the quotient of the
+    parts as printed (each rounded to `part_step`) within what the roundings allow: a slow run's
+    small rates make the parts' rounding the larger error (1.522 against 1.525 at ~30 img/s)."""
+    q = num / den
+    slack = q * (part_step / 2 / num + part_step / 2 / den) * 1.01 + ratio_step / 2 + 1e-9
+    assert abs(ratio - q) <= slack, (ratio, q, slack)
+
+
 def test_bench_command_writes_its_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--what", "all", "--width", "4", "--train-subset", "128",
@@ -91,18 +100,18 @@ def test_bench_command_writes_its_json(tmp_path, capsys):
     assert len(train["engine_per_epoch"]) == len(train["reference_per_epoch"]) == 2
     assert train["engine_images_per_sec"] == round(train["engine_per_epoch"][1], 1)
     assert train["reference_images_per_sec"] == train["reference_per_epoch"][1]
-    assert train["engine_over_reference"] == pytest.approx(
-        train["engine_images_per_sec"] / train["reference_images_per_sec"], rel=1e-3, abs=1e-3)
+    assert_ratio_of_rounded(train["engine_over_reference"], train["engine_images_per_sec"],
+                            train["reference_images_per_sec"], 0.1, 0.001)
     assert all(r > 0 for r in train["engine_per_epoch"] + train["reference_per_epoch"])
     assert train["engine_settings"]["channels_last"] is False  # auto: width 4 < 8 on CPU
     data = results["data"]
     assert data["batch_size"] == 64 and data["batches_per_round"] == 2
-    assert data["engine_over_reference"] == pytest.approx(
-        data["engine_batches_per_sec"] / data["reference_batches_per_sec"], rel=1e-3, abs=6e-3)
+    assert_ratio_of_rounded(data["engine_over_reference"], data["engine_batches_per_sec"],
+                            data["reference_batches_per_sec"], 0.01, 0.01)
     ghost = results["ghost"]
     assert ghost["batch_size"] == 64 and ghost["bn_group"] == 16
-    assert ghost["ghost_over_loop"] == pytest.approx(
-        ghost["ghost_images_per_sec"] / ghost["loop_images_per_sec"], rel=1e-3, abs=1e-3)
+    assert_ratio_of_rounded(ghost["ghost_over_loop"], ghost["ghost_images_per_sec"],
+                            ghost["loop_images_per_sec"], 0.1, 0.001)
 
 
 def test_ghost_in_cache_sized_passes_equals_one_pass_float64(monkeypatch):
