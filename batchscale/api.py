@@ -195,8 +195,6 @@ def advise(batches: Sequence[int], out: str | Path, *,
         split, count = split_from(dataset, classes)
         user["data"] = (split, count)
         user["described"]["dataset"] = _describe_data(split, count)
-        if "model_factory" in user:
-            user["model_factory"] = _checked_factory(user["model_factory"], split.images[:2])
     try:
         cfg = from_dict(fields)
     except (TypeError, ValueError) as err:
@@ -204,33 +202,6 @@ def advise(batches: Sequence[int], out: str | Path, *,
     chosen = advise_probe.check_batches(",".join(str(b) for b in batches), cfg)
     return advise_probe.advise(cfg, chosen, Path(out), budget_images=budget_images,
                                overwrite=overwrite, quiet=quiet, user=user)
-
-
-def _checked_factory(factory: Callable, inputs: torch.Tensor) -> Callable:
-    """The user's model factory, its model checked on two samples (in eval mode, no gradient):
-    a classifier's output of shape (samples, classes)."""
-
-    def make(classes: int) -> nn.Module:
-        model = factory(classes)
-        if not isinstance(model, nn.Module):
-            return model  # engine.setup.user_model says what is wrong
-        training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                output = model(inputs)
-        except Exception as err:  # noqa: BLE001 (a user's model can raise anything)
-            raise UserError(f"model {factory_spec(factory)}: a forward pass on the data set's "
-                            f"inputs failed: {one_line(err)}") from None
-        finally:
-            model.train(training)
-        if not torch.is_tensor(output) or tuple(output.shape) != (len(inputs), classes):
-            shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
-            raise UserError(f"model {factory_spec(factory)}: {len(inputs)} inputs gave output "
-                            f"{shape}; a classifier's output is (samples, {classes})")
-        return model
-
-    return make
 
 
 def _checked_loss(loss: Callable) -> Callable:

@@ -16,7 +16,7 @@ from batchscale.engine.data import Split, balanced_subset, load_dataset
 from batchscale.engine.models import build_model
 from batchscale.engine.optim import build_optimizer
 from batchscale.engine.schedule import LearningRatePlan, plan_from_config
-from batchscale.errors import UserError
+from batchscale.errors import UserError, one_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +104,9 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
                         "overflows; lr is not a usable number")
     torch.manual_seed(cfg.seed)
     try:
-        model = (user_model(model_factory, len(classes)) if model_factory is not None else
+        model = (user_model(model_factory, len(classes),
+                            train.inputs(torch.arange(min(2, len(train)))))
+                 if model_factory is not None else
                  build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
                              cfg.group_size if cfg.bn_impl == "ghost" else 0))
     except (RuntimeError, MemoryError) as err:  # the allocator: a width this machine cannot hold
@@ -122,11 +124,28 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
                  classes=None if data is None else data[1])
 
 
-def user_model(factory: Callable[[int], torch.nn.Module], classes: int) -> torch.nn.Module:
-    """`factory(classes)`, which must return an nn.Module (else a UserError)."""
+def user_model(factory: Callable[[int], torch.nn.Module], classes: int,
+               inputs: torch.Tensor) -> torch.nn.Module:
+    """`factory(classes)`, checked (else a UserError): an nn.Module whose output on `inputs`
+    (a few training inputs; eval mode, no gradient, no state changed) is (samples, classes)."""
     model = factory(classes)
+    name = getattr(factory, "__qualname__", type(factory).__name__)
     if not isinstance(model, torch.nn.Module):
-        name = getattr(factory, "__qualname__", repr(factory))
         raise UserError(f"model factory {name}({classes}) returned {type(model).__name__}, "
                         "not an nn.Module")
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(inputs)
+    except Exception as err:  # noqa: BLE001 (a user's model can raise anything)
+        raise UserError(f"model factory {name}: a forward pass on the training inputs "
+                        f"{tuple(inputs.shape)} failed: {one_line(err)}") from None
+    finally:
+        model.train(training)
+    if not torch.is_tensor(output) or tuple(output.shape) != (len(inputs), classes):
+        shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise UserError(f"model factory {name}: {len(inputs)} inputs gave an output of "
+                        f"{shape}; a classifier's is (samples, classes) = "
+                        f"({len(inputs)}, {classes})")
     return model
