@@ -57,6 +57,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 MIN_SMALL_BATCH = 4
+# A gradient's norm is computed in its own precision (float32 or float64: half the cost of
+# converting it to float64 first; the relative error of a float32 norm, ~1e-7, is far below a
+# noise-scale estimate's), half types in float32; the squares are summed in float64.
+NORM_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def unbiased_estimates(small_sq, small_batch: int, big_sq, big_batch: int):
@@ -329,7 +333,7 @@ def observe_reduced(tracker: NoiseScaleTracker, local_sq: torch.Tensor, paramete
     squares of `scale` (`big_scale`): AMP's loss scale, 1 without it."""
     dist.all_reduce(local_sq)
     local_sq /= dist.get_world_size()
-    big_sq = squared_norm([p.grad for p in parameters if p.requires_grad]).to(local_sq)
+    big_sq = fast_squared_norm([p.grad for p in parameters if p.requires_grad]).to(local_sq)
     if valid is not None:  # an overflowed AMP step (on any worker): left out
         valid = valid & torch.isfinite(local_sq) & torch.isfinite(big_sq)
     tracker.observe(local_sq / scale ** 2, big_sq / big_scale ** 2, valid)
@@ -387,10 +391,10 @@ class BackwardNorms:
     accumulation each micro-batch's gradient. `take()` returns (Σ over the passes since the last
     take of |g_pass|², float64, the number of passes) and starts again from zero.
 
-    Each hook computes one float64 norm (one kernel, no host synchronization); `take()` squares
-    and sums them in one reduction. Parameters without `requires_grad` are not hooked; one that
-    a pass does not use contributes zero. `active` False makes the hooks ignore passes (steps
-    that are not measured)."""
+    Each hook computes one norm (one kernel in the gradient's precision, no host
+    synchronization); `take()` squares and sums them in float64. Parameters without
+    `requires_grad` are not hooked; one that a pass does not use contributes zero. `active`
+    False makes the hooks ignore passes (steps that are not measured)."""
 
     def __init__(self, parameters):
         self.parameters = [p for p in parameters if p.requires_grad]
@@ -402,8 +406,8 @@ class BackwardNorms:
     def _hook(self, index: int):
         def hook(gradient: torch.Tensor) -> None:
             if self.active:
-                self.norms.append(torch.linalg.vector_norm(gradient.detach(),
-                                                           dtype=torch.float64))
+                self.norms.append(torch.linalg.vector_norm(
+                    gradient.detach(), dtype=NORM_DTYPE.get(gradient.dtype)))
                 self.calls[index] += 1
         return hook
 
@@ -412,7 +416,7 @@ class BackwardNorms:
         self.norms, self.calls = [], [0] * len(self.parameters)
         if not norms:
             return None, 0
-        return torch.stack(norms).square().sum(), passes
+        return torch.stack(norms).double().square().sum(), passes
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -422,15 +426,17 @@ class BackwardNorms:
 
 def fast_squared_norm(tensors) -> torch.Tensor:
     """Σ |t|² in float64 (None entries skipped), from one fused per-tensor norm
-    (`torch._foreach_norm`) where this torch has it with a dtype, else `squared_norm`."""
+    (`torch._foreach_norm`, each in its tensor's own precision, float32 for half types; their
+    squares summed in float64) where this torch has it, else `squared_norm`."""
     present = [t.detach() for t in tensors if t is not None]
     if not present:
         return torch.zeros((), dtype=torch.float64)
+    present = [t.float() if t.dtype in NORM_DTYPE else t for t in present]
     try:
-        norms = torch._foreach_norm(present, 2, dtype=torch.float64)
+        norms = torch._foreach_norm(present, 2)
     except (AttributeError, TypeError, RuntimeError):
         return squared_norm(present)
-    return torch.stack(norms).square().sum()
+    return torch.stack(norms).double().square().sum()
 
 
 # ---------------------------------------------------------------------- the public estimator
