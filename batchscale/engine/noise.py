@@ -392,31 +392,46 @@ class BackwardNorms:
     take of |g_pass|², float64, the number of passes) and starts again from zero.
 
     Each hook computes one norm (one kernel in the gradient's precision, no host
-    synchronization); `take()` squares and sums them in float64. Parameters without
-    `requires_grad` are not hooked; one that a pass does not use contributes zero. `active`
-    False makes the hooks ignore passes (steps that are not measured)."""
+    synchronization) and adds its square in place into the parameter's float64 slot of a buffer
+    made once (a tensor kept alive per hook call instead cost ~4x the norms' own time in a
+    4-micro-batch step: benchmarks/api_noise_overhead.py); `take()` sums the buffer. Parameters
+    without `requires_grad` are not hooked; one that a pass does not use contributes zero.
+    `active` False makes the hooks ignore passes (steps that are not measured)."""
 
     def __init__(self, parameters):
         self.parameters = [p for p in parameters if p.requires_grad]
-        self.norms: list[torch.Tensor] = []
+        devices = list(dict.fromkeys(p.device for p in self.parameters))
+        self.buffers = {d: torch.zeros(sum(p.device == d for p in self.parameters),
+                                       dtype=torch.float64, device=d) for d in devices}
+        places = {d: iter(buffer.unbind()) for d, buffer in self.buffers.items()}
+        self.slots = [next(places[p.device]) for p in self.parameters]  # views, made once
         self.calls = [0] * len(self.parameters)
         self.active = True
         self.handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.parameters)]
 
     def _hook(self, index: int):
+        slot = self.slots[index]
+
         def hook(gradient: torch.Tensor) -> None:
             if self.active:
-                self.norms.append(torch.linalg.vector_norm(
-                    gradient.detach(), dtype=NORM_DTYPE.get(gradient.dtype)))
+                norm = torch.linalg.vector_norm(gradient.detach(),
+                                                dtype=NORM_DTYPE.get(gradient.dtype))
+                slot.addcmul_(norm, norm)
                 self.calls[index] += 1
         return hook
 
     def take(self) -> tuple[torch.Tensor | None, int]:
-        norms, passes = self.norms, max(self.calls, default=0)
-        self.norms, self.calls = [], [0] * len(self.parameters)
-        if not norms:
+        passes = max(self.calls, default=0)
+        self.calls = [0] * len(self.parameters)
+        if not passes:
             return None, 0
-        return torch.stack(norms).double().square().sum(), passes
+        buffers = list(self.buffers.values())
+        total = buffers[0].sum()
+        for buffer in buffers[1:]:
+            total = total + buffer.sum().to(total.device)
+        for buffer in buffers:
+            buffer.zero_()
+        return total, passes
 
     def remove(self) -> None:
         for handle in self.handles:
