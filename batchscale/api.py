@@ -6,9 +6,11 @@
 App. A) from gradients the loop computes anyway: under DDP each worker's local gradient before the
 all-reduce is the small batch and the averaged one the big batch (no extra backward pass); in one
 process the micro-batches of gradient accumulation are the small batches (`NoiseScale.backward`
-splits a batch into them). The estimator is the engine's own (`batchscale.engine.noise`), so
-`batchscale train --track-noise-scale` and this class compute the same numbers from the same
-norms. `CollapseMonitor` is the engine's collapse rule (`batchscale.engine.collapse`) for any
+splits a batch into them). The class lives beside the engine's estimator in
+`batchscale.engine.noise`, so `batchscale train --track-noise-scale`, `batchscale advise`'s
+B_noise and this class compute the same numbers from the same norms. `advise` runs the probe of
+`batchscale advise` on a user's model factory, data, loss and optimizer factory.
+`CollapseMonitor` is the engine's collapse rule (`batchscale.engine.collapse`) for any
 classifier, or for any loss given the loss of the best constant predictor. docs/api.md has the
 details.
 """

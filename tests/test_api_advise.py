@@ -198,6 +198,29 @@ def test_bad_pieces_are_one_user_error_line(tmp_path, change, message):
     assert not any((tmp_path / "advice").glob("*"))
 
 
+def test_the_docs_advise_example_runs_as_it_stands(tmp_path, monkeypatch, capsys):
+    """The first code block of docs/api.md's advise() section, executed as written."""
+    text = (EXAMPLES.parent / "docs" / "api.md").read_text()
+    section = text[text.index("## `advise(...)` in Python"):]
+    lines = section.split("\n\n    ", 1)[1].split("\n")
+    block = []
+    for line in lines:
+        if line and not line.startswith("    ") and block:
+            break
+        block.append(line[4:] if block else line)
+    source = "\n".join(block).strip()
+    assert "batchscale.advise(" in source
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(source, "docs/api.md", "exec"), {"__name__": "docs_example"})
+    finally:
+        torch.set_num_threads(threads)
+    batch, verdicts = capsys.readouterr().out.strip().split(" ", 1)
+    assert int(batch) in (16, 64, 256) and verdicts.count("'") == 6, verdicts
+    assert sorted(p.name for p in (tmp_path / "advice").iterdir()) == sorted(OUTPUTS)
+
+
 def test_the_example_script_advises_on_its_own_pieces(tmp_path, capsys, monkeypatch):
     """examples/advise_own_model.py (the example docs/api.md quotes) runs and writes its files."""
     monkeypatch.setattr("sys.argv", ["advise_own_model.py", str(tmp_path / "out")])

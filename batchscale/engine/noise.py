@@ -472,7 +472,7 @@ class NoiseScale:
       step whose gradients overflowed is left out.
     - Parameters without `requires_grad` are left out; one a pass does not use counts as zero.
     - `every=N` measures only every N-th step; `span` is the moving averages' span in measured
-      steps. Nothing synchronizes the host but `estimate()`.
+      steps (`math.inf`: the plain mean of all). Nothing synchronizes the host but `estimate()`.
     - Under DDP nothing is communicated per step: each worker averages its own local norms, and
       `estimate()` averages the workers' averages (one all-reduce: call it on every worker).
       With batch norm the small batches must compute the same function as the big one
