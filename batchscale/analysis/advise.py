@@ -285,8 +285,12 @@ def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
             measure_noise(setup, tracked, *next(stream))
             ledger.spend("noise scale", big.cfg.batch_size)
         estimate = tracked.estimate()
-        observed = tracked.tracker.state["recent"][:measurements].tolist()
+        observed = ([] if tracked.tracker is None else  # None: no gradient reached a hook
+                    tracked.tracker.state["recent"][:tracked.tracker.state["count"]].tolist())
     grad_sq, trace_sigma = [g for g, _ in observed], [t for _, t in observed]
+    if not observed:
+        return {"b_noise": None, "b_noise_error": None, "measurements": 0,
+                "why_not": "no gradient reached a trainable parameter"}
     if not all(math.isfinite(v) for v in grad_sq + trace_sigma):
         return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
                 "why_not": "the gradients at the base state are not finite"}
