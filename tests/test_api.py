@@ -23,6 +23,7 @@ from batchscale.config import TrainConfig
 from batchscale.engine import collapse, noise
 from batchscale.engine.data import balanced_subset, load_dataset, normalize
 from batchscale.engine.train import train
+from batchscale.errors import UserError
 
 
 # ---------------------------------------------------------------------- two small models
@@ -421,7 +422,8 @@ def test_advise_from_python_probes_a_factory_model(factories):
     noise = record["noise"]  # a positive number, or none with the reason (never B_noise < 0)
     assert (noise["b_noise"] is None) == bool(noise["why_not"]), noise
     assert noise["b_noise"] is None or noise["b_noise"] > 0
-    with pytest.raises(ValueError, match="module-level function"):
+    with pytest.raises(UserError, match=r"<lambda>: a forward pass on the training inputs "
+                       r"\(2, 3, 32, 32\) failed: .*shapes cannot be multiplied"):
         advise([8], factories / "other", model=lambda classes: nn.Linear(3, classes))
 
 

@@ -60,7 +60,6 @@ from batchscale.analysis.advise_rules import (
     config_at,
     exploded,
     hold_steps,
-    jackknife_ratio,
     judge_trial,
     momentum_of,
     ramp_steps,
@@ -70,9 +69,9 @@ from batchscale.analysis.advise_rules import (
 )
 from batchscale.config import TrainConfig
 from batchscale.engine import noise as noise_scale
-from batchscale.engine.data import EpochLoader, normalize
+from batchscale.engine.data import EpochLoader
 from batchscale.engine.norm import set_group_size
-from batchscale.engine.optim import set_lr
+from batchscale.engine.optim import set_lr, sgd_momentum
 from batchscale.engine.schedule import plan_from_config
 from batchscale.engine.setup import Setup, build
 from batchscale.engine.step import forward_loss, prepare_input, train_step
@@ -290,7 +289,10 @@ def warm_up_base(setup: Setup, steps: int, ledger: Ledger) -> dict:
 
 def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
     """B_noise at the base state: `measurements` big batches of NOISE_SMALL_BATCHES base batches,
-    their gradients taken apart (small) and averaged (big); no step is taken."""
+    each observed by the public estimator (`NoiseScale`, the one behind `batchscale.NoiseScale`
+    and the engine's tracking) as its base batches' gradients (small) and their mean (big); no
+    step is taken. B_noise is the ratio of the mean estimates (NoiseScale over an infinite
+    span), its error the jackknife over the measurements."""
     if measurements < 1:
         return {"b_noise": None, "b_noise_error": None, "measurements": 0,
                 "why_not": "no measurement planned"}
@@ -300,36 +302,41 @@ def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
                 "why_not": f"{NOISE_SMALL_BATCHES} base batches ({big.cfg.batch_size} images) "
                            f"exceed the {len(setup.train)} training images"}
     stream = batches_of(big, 1)
-    grad_sq, trace_sigma = [], []
-    with noise_scale.batch_norm_buffers_kept(setup.model):
+    with (noise_scale.batch_norm_buffers_kept(setup.model),
+          noise_scale.NoiseScale(setup.model, span=math.inf) as tracked):
         for _ in range(measurements):
-            g, t = measure_noise(setup, *next(stream))
+            measure_noise(setup, tracked, *next(stream))
             ledger.spend("noise scale", big.cfg.batch_size)
-            grad_sq.append(g)
-            trace_sigma.append(t)
+        estimate = tracked.estimate()
+        observed = ([] if tracked.tracker is None else  # None: no gradient reached a hook
+                    tracked.tracker.state["recent"][:tracked.tracker.state["count"]].tolist())
+    grad_sq, trace_sigma = [g for g, _ in observed], [t for _, t in observed]
+    if not observed:
+        return {"b_noise": None, "b_noise_error": None, "measurements": 0,
+                "why_not": "no gradient reached a trainable parameter"}
     if not all(math.isfinite(v) for v in grad_sq + trace_sigma):
         return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
                 "why_not": "the gradients at the base state are not finite"}
-    if not sum(grad_sq) > 0:
+    if not estimate.defined:
         return {"b_noise": None, "b_noise_error": None, "measurements": len(grad_sq),
                 "why_not": "the unbiased |G|² estimate was not positive (noise dominates at "
                            "this state)", "grad_sq": grad_sq, "trace_sigma": trace_sigma}
-    b_noise, error = jackknife_ratio(trace_sigma, grad_sq)
-    return {"b_noise": b_noise, "b_noise_error": error, "measurements": len(grad_sq),
-            "small_batch": setup.cfg.batch_size, "big_batch": big.cfg.batch_size,
-            "grad_sq": grad_sq, "trace_sigma": trace_sigma, "why_not": None}
+    return {"b_noise": estimate.b_simple, "b_noise_error": estimate.error,
+            "measurements": len(grad_sq), "small_batch": estimate.small_batch,
+            "big_batch": estimate.big_batch, "grad_sq": grad_sq, "trace_sigma": trace_sigma,
+            "estimator": "batchscale.NoiseScale", "why_not": None}
 
 
-def measure_noise(setup: Setup, images, labels) -> tuple[float, float]:
-    """Unbiased (|G|², tr Σ) from one big batch cut into base batches: the small estimate is the
-    mean squared norm of the parts' gradients, the big one the squared norm of their mean."""
-    small = setup.cfg.batch_size
-    small_sq, big_sq = noise_scale.parts_squared_norms(
-        setup.model, lambda x, y: forward_loss(setup, prepare_input(setup, x), y)[0],
-        images, labels, small)
-    g_sq, trace = noise_scale.unbiased_estimates(small_sq.item(), small, big_sq.item(),
-                                                 len(labels))
-    return float(g_sq), float(trace)
+def measure_noise(setup: Setup, tracked: noise_scale.NoiseScale, images, labels) -> None:
+    """One observation of `tracked` (a NoiseScale on the setup's model) from one big batch cut
+    into base batches, each its own forward and backward (batch norm over the base batch):
+    the small gradients are the parts', the big one their mean. The gradients are cleared
+    before and after (no step is taken)."""
+    setup.optimizer.zero_grad(set_to_none=True)
+    tracked.backward(lambda x, y: forward_loss(setup, prepare_input(setup, x), y)[0],
+                     images, labels, parts=len(labels) // setup.cfg.batch_size)
+    tracked.step()
+    setup.optimizer.zero_grad(set_to_none=True)
 
 
 def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict:
@@ -341,7 +348,7 @@ def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict
                 "why_not": "fewer training images than one batch-norm group"}
     generator = torch.Generator().manual_seed(setup.cfg.seed)
     index = torch.randperm(len(setup.train), generator=generator)[:images].to(setup.device)
-    x = prepare_input(setup, normalize(setup.train.images.index_select(0, index)))
+    x = prepare_input(setup, setup.train.inputs(index))
     y = setup.train.labels[index]
     chunk = setup.cfg.group_size
 
@@ -371,8 +378,7 @@ def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict
 def fixed_sample(setup: Setup, images: int):
     generator = torch.Generator().manual_seed(setup.cfg.seed + 7)
     index = torch.randperm(len(setup.train), generator=generator)[:images].to(setup.device)
-    return (prepare_input(setup, normalize(setup.train.images.index_select(0, index))),
-            setup.train.labels[index])
+    return prepare_input(setup, setup.train.inputs(index)), setup.train.labels[index]
 
 
 def sample_loss(setup: Setup, sample, ledger: Ledger) -> float:
@@ -478,7 +484,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
                         f"noise scale and the Hessian take {fixed} images; {needed} give every "
                         f"batch its first trial")
     ledger = Ledger(budget)
-    classes = int(setup.train.labels.max().item()) + 1
+    classes = getattr(setup, "classes", None) or int(setup.train.labels.max().item()) + 1
     share = budget / full_run
     say(f"advise: budget {budget} images ({share:.1%} of a full run at B = "
         f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''}"
@@ -562,15 +568,29 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
 
 
 def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int = 0,
-           overwrite: bool = False, quiet: bool = False) -> dict:
+           overwrite: bool = False, quiet: bool = False, user: dict | None = None) -> dict:
     """Run the probe for `cfg`'s recipe at `batches`; write advice.json/.md/.png into `out`
-    (checked before anything is computed)."""
+    (checked before anything is computed). `user`: a user's pieces for `setup.build` (data,
+    model_factory, make_optimizer, loss_fn; batchscale.advise) and under "described" what the
+    record's config says of them in place of the config's own fields."""
     out = Path(out)
     check_out(out, overwrite)
     if budget_images < 0:
         raise UserError(f"--budget-images must be positive, got {budget_images}")
     say = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
-    setup = build(config_at(cfg, cfg.base_batch_size), progress=not quiet)
+    pieces = dict(user or {})
+    described = pieces.pop("described", {})
+    setup = build(config_at(cfg, cfg.base_batch_size), progress=not quiet, **pieces)
+    custom = pieces.get("make_optimizer") is not None
+    beta = sgd_momentum(setup.optimizer) if custom else None
     record = probe(setup, batches, budget_images, say)
+    record["config"].update(described)
+    if custom:  # the heavy-ball bound from the user's optimizer (plain SGD only), not the config
+        lam = record["curvature"]["lambda_max"]
+        bound = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
+        record["momentum"] = beta
+        for row in record["rows"]:
+            row["curvature_bound_lr"] = bound
+            row["curvature_product"] = None if bound is None else row["peak_lr"] * lam
     write_outputs(record, out)
     return record

@@ -47,14 +47,21 @@ ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, H, W, 3)
+    images: torch.Tensor  # uint8 (N, H, W, 3); with `prepared`, the model's inputs (N, ...)
     labels: torch.Tensor  # int64 (N,)
+    prepared: bool = False  # a user's data: inputs as given, neither normalized nor augmented
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.prepared)
+
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
+        """The model's inputs of the samples at `index`, unaugmented (CIFAR-normalized unless
+        the split holds a user's prepared inputs)."""
+        chosen = self.images.index_select(0, index)
+        return chosen if self.prepared else normalize(chosen)
 
 
 # ---------------------------------------------------------------------- image folders
@@ -209,7 +216,7 @@ def balanced_subset(split: Split, size: int, seed: int) -> Split:
                             f"the split has {len(members)}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
     index = torch.cat(chosen).sort().values
-    return Split(split.images[index], split.labels[index])
+    return Split(split.images[index], split.labels[index], split.prepared)
 
 
 # ---------------------------------------------------------------------- on-device batches
@@ -293,6 +300,8 @@ class EpochLoader:
         positions = slice(start, start + self.local)
         index = self.order[positions]
         images = self.split.images.index_select(0, index)
+        if self.split.prepared:  # a user's inputs: as given
+            return images, self.split.labels[index]
         if self.augment:
             images = crop_flip(images, self.dy[positions], self.dx[positions],
                                self.flip[positions], self.pad)
@@ -303,4 +312,53 @@ def eval_batches(split: Split, batch_size: int):
     """Unaugmented batches in order, for evaluation."""
     for start in range(0, len(split), batch_size):
         part = slice(start, start + batch_size)
-        yield normalize(split.images[part]), split.labels[part]
+        images = split.images[part]
+        yield (images if split.prepared else normalize(images)), split.labels[part]
+
+
+# ---------------------------------------------------------------------- a user's data
+def split_from(data, classes: int | None = None) -> tuple[Split, int]:
+    """A user's classification data as a prepared Split and its number of classes: tensors
+    `(x, y)` or any `torch.utils.data.Dataset` (map-style: `len()` and `[i]`) of `(input, label)`
+    pairs, materialized into one tensor of inputs (used as given: not normalized, not
+    augmented) and one of int64 labels 0..C-1. Classes: `classes`, else the largest label + 1.
+    Anything else is a UserError: no samples, items that are not pairs of tensors of one shape,
+    labels that are not integers (a regression target: advise judges trials against chance,
+    ln C, and needs classes)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t)
+                                                                   for t in data):
+        x, y = data
+        if len(x) != len(y):
+            raise UserError(f"dataset: {len(x)} inputs but {len(y)} labels")
+    else:
+        try:
+            size = len(data)
+            items = [data[i] for i in range(size)]
+        except TypeError:
+            raise UserError(f"dataset must be tensors (x, y) or a map-style "
+                            f"torch.utils.data.Dataset of (input, label) pairs, got "
+                            f"{type(data).__name__}") from None
+        if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+            raise UserError("dataset: every item must be an (input, label) pair")
+        if not items:
+            raise UserError("dataset is empty")
+        try:
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.stack([torch.as_tensor(item[1]) for item in items])
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise UserError(f"dataset: its items cannot be stacked into tensors: "
+                            f"{one_line(err)}") from None
+    if len(y) == 0:
+        raise UserError("dataset is empty")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        raise UserError(f"dataset: labels must be integer class indices, one per sample (got "
+                        f"{y.dtype} of shape {tuple(y.shape)}); advise judges trials against "
+                        "chance (ln C) and does not take regression targets")
+    y = y.long()
+    low, high = int(y.min()), int(y.max())
+    count = classes if classes is not None else high + 1
+    if low < 0 or high >= count:
+        raise UserError(f"dataset: labels must lie in 0..{count - 1}, found {low}..{high}")
+    if count < 2:
+        raise UserError(f"dataset: a classifier needs at least 2 classes, got {count}")
+    return Split(x.detach(), y, prepared=True), count

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from batchscale.engine.lars import build_lamb, build_lars
+from batchscale.errors import UserError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,9 +42,17 @@ OPTIMIZERS = {"sgd": build_sgd, "rmsprop": build_rmsprop, "lars": build_lars,
               "lamb": build_lamb}
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: nn.Module, factory=None) -> torch.optim.Optimizer:
     """The optimizer named by cfg.optimizer; `exclude_bn_bias_wd` zeroes the decay of
-    `bn_and_bias` (LARS and LAMB always exclude that group)."""
+    `bn_and_bias` (LARS and LAMB always exclude that group). A user's `factory(params, lr)`
+    (called with the trainable parameters and the peak lr) replaces it."""
+    if factory is not None:
+        optimizer = factory([p for p in model.parameters() if p.requires_grad], cfg.peak_lr)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            name = getattr(factory, "__qualname__", repr(factory))
+            raise UserError(f"optimizer factory {name}(params, lr) returned "
+                            f"{type(optimizer).__name__}, not a torch.optim.Optimizer")
+        return optimizer
     groups = parameter_groups(model, cfg.weight_decay)
     if cfg.exclude_bn_bias_wd:
         for group in groups:
@@ -55,3 +64,13 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def sgd_momentum(optimizer: torch.optim.Optimizer) -> float | None:
+    """β of a plain (heavy-ball) SGD optimizer with one momentum over its groups; None for
+    any other optimizer, where the heavy-ball stability bound does not apply."""
+    if type(optimizer) is not torch.optim.SGD:
+        return None
+    betas = {group.get("momentum", 0.0) for group in optimizer.param_groups}
+    nesterov = any(group.get("nesterov") for group in optimizer.param_groups)
+    return betas.pop() if len(betas) == 1 and not nesterov else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from batchscale.engine.data import Split, balanced_subset, load_dataset
 from batchscale.engine.models import build_model
 from batchscale.engine.optim import build_optimizer
 from batchscale.engine.schedule import LearningRatePlan, plan_from_config
-from batchscale.errors import UserError
+from batchscale.errors import UserError, one_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,14 +76,26 @@ class Setup:
     noise: noise_scale.NoiseScaleTracker | None = None  # with cfg.track_noise_scale
     graph: object | None = None  # a graphs.GraphedStep when the step replays a CUDA graph
     local: object | None = None  # local SGD's replicas and period (engine.localsgd.LocalSGD)
+    loss_fn: Callable | None = None  # loss(output, labels) -> scalar; None: cross-entropy
+    classes: int | None = None  # the number of classes (None: the largest training label + 1)
 
 
-def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0) -> Setup:
+def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: int = 0, *,
+          data: tuple[Split, int] | None = None,
+          model_factory: Callable[[int], torch.nn.Module] | None = None,
+          make_optimizer: Callable | None = None, loss_fn: Callable | None = None) -> Setup:
+    """The setup of `cfg`; a user's pieces replace batchscale's where given: `data` (a
+    prepared training Split and its number of classes, engine.data.split_from; it is also the
+    test split), `model_factory(classes)`, `make_optimizer(params, lr)` and `loss_fn(output,
+    labels)`. Without them the behaviour is the config's alone."""
     set_deterministic(cfg.deterministic)  # before anything touches CUDA
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train, test, classes = load_dataset(cfg.dataset, cfg.data_dir, progress)
+    if data is None:
+        train, test, classes = load_dataset(cfg.dataset, cfg.data_dir, progress)
+    else:
+        train, test, classes = data[0], data[0], range(data[1])
     train = balanced_subset(train, cfg.train_subset, cfg.seed)
     if cfg.batch_size > len(train):
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
@@ -91,8 +104,11 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
                         "overflows; lr is not a usable number")
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
-                            cfg.group_size if cfg.bn_impl == "ghost" else 0)
+        model = (user_model(model_factory, len(classes),
+                            train.inputs(torch.arange(min(2, len(train)))))
+                 if model_factory is not None else
+                 build_model(cfg.model, cfg.width, len(classes), cfg.bn_momentum,
+                             cfg.group_size if cfg.bn_impl == "ghost" else 0))
     except (RuntimeError, MemoryError) as err:  # the allocator: a width this machine cannot hold
         if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
             raise
@@ -101,7 +117,35 @@ def build(cfg: TrainConfig, progress: bool = True, world_size: int = 1, rank: in
     channels_last = use_channels_last(cfg, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, make_optimizer)
     plan = plan_from_config(cfg, len(train) // cfg.batch_size, len(train))
     return Setup(cfg, device, train.to(device), test.to(device), model, optimizer, plan,
-                 channels_last, world_size, rank)
+                 channels_last, world_size, rank, loss_fn=loss_fn,
+                 classes=None if data is None else data[1])
+
+
+def user_model(factory: Callable[[int], torch.nn.Module], classes: int,
+               inputs: torch.Tensor) -> torch.nn.Module:
+    """`factory(classes)`, checked (else a UserError): an nn.Module whose output on `inputs`
+    (a few training inputs; eval mode, no gradient, no state changed) is (samples, classes)."""
+    model = factory(classes)
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"model factory {name}({classes}) returned {type(model).__name__}, "
+                        "not an nn.Module")
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(inputs)
+    except Exception as err:  # noqa: BLE001 (a user's model can raise anything)
+        raise UserError(f"model factory {name}: a forward pass on the training inputs "
+                        f"{tuple(inputs.shape)} failed: {one_line(err)}") from None
+    finally:
+        model.train(training)
+    if not torch.is_tensor(output) or tuple(output.shape) != (len(inputs), classes):
+        shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise UserError(f"model factory {name}: {len(inputs)} inputs gave an output of "
+                        f"{shape}; a classifier's is (samples, classes) = "
+                        f"({len(inputs)}, {classes})")
+    return model

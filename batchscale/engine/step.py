@@ -45,17 +45,27 @@ def forward_chunk(setup: Setup, images: torch.Tensor) -> int:
 
 
 def forward_loss(setup: Setup, images: torch.Tensor, labels: torch.Tensor):
-    """Mean cross-entropy and logits; `loop` runs Algorithm 1 (a forward per pseudo-batch)."""
+    """Mean loss (cross-entropy, or the setup's `loss_fn`) and logits; `loop` runs Algorithm 1
+    (a forward per pseudo-batch)."""
     chunk = forward_chunk(setup, images)
     with autocast(setup):
         if chunk < len(labels):
             logits = [training_module(setup)(part) for part in images.split(chunk)]
-            losses = [F.cross_entropy(out.float(), y, label_smoothing=setup.cfg.label_smoothing)
+            losses = [loss_of(setup, out, y)
                       for out, y in zip(logits, labels.split(chunk), strict=True)]
             return torch.stack(losses).mean(), torch.cat(logits)
         logits = training_module(setup)(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=setup.cfg.label_smoothing)
-        return loss, logits
+        return loss_of(setup, logits, labels), logits
+
+
+def loss_of(setup: Setup, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The training loss of a forward's output: the setup's `loss_fn` (a user's, given the
+    output as the model returned it, in float32 under AMP) or the mean cross-entropy."""
+    user = getattr(setup, "loss_fn", None)  # test doubles may lack the field
+    if user is not None:
+        low = output.dtype in (torch.float16, torch.bfloat16)
+        return user(output.float() if low else output, labels)
+    return F.cross_entropy(output.float(), labels, label_smoothing=setup.cfg.label_smoothing)
 
 
 def training_module(setup: Setup) -> torch.nn.Module:
