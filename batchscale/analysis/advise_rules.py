@@ -189,19 +189,6 @@ def momentum_of(cfg: TrainConfig) -> float | None:
     return cfg.momentum if cfg.optimizer == "sgd" else None
 
 
-def jackknife_ratio(numerators: list[float], denominators: list[float]) -> tuple[float, float]:
-    """Σ num / Σ den and its jackknife standard error over the measurements."""
-    n = len(numerators)
-    total_num, total_den = sum(numerators), sum(denominators)
-    ratio = total_num / total_den
-    if n < 2:
-        return ratio, None
-    leave_one = [(total_num - a) / (total_den - b) for a, b in zip(numerators, denominators,
-                                                                     strict=True)]
-    mean = sum(leave_one) / n
-    return ratio, math.sqrt((n - 1) / n * sum((v - mean) ** 2 for v in leave_one))
-
-
 def advice_for(rows: list[dict], cfg: TrainConfig) -> dict:
     """The largest batch judged stable that fits, and why not each larger one. (No step or time
     prediction: the noise-scale model was off by up to 3.6× against measured steps.)"""
