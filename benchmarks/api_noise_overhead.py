@@ -141,6 +141,7 @@ def worker(rank: int, workers: int, init: str, args, out: str) -> None:
     if rank == 0:
         torch.save(result, out)
     dist.destroy_process_group()
+    os._exit(0)  # not a plain exit: gloo's exit race (docs/distributed.md, Leaving)
 
 
 def main() -> None:
