@@ -400,6 +400,17 @@ def test_train_takes_a_model_from_a_factory_in_the_working_directory(factories):
     assert any(tuple(v.shape) == (10, 16) for v in state["model"].values())  # its Linear
 
 
+def test_the_advise_command_takes_a_model_from_a_factory(factories):
+    assert cli.main(["advise", "--model", "mynets_i27:make", "--train-subset", "256",
+                     "--base-batch-size", "8", "--lr", "0.02", "--warmup-epochs", "1",
+                     "--epochs", "50", "--threads", "1", "--batches", "8,32", "--out", "adv",
+                     "--quiet"]) == 0
+    saved = json.loads((factories / "adv" / "advice.json").read_text())
+    assert saved["config"]["model"] == "mynets_i27:make"
+    assert [row["batch"] for row in saved["rows"]] == [8, 32]
+    assert all(row["verdict"] in ("stable", "at risk", "diverges") for row in saved["rows"])
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nope_i27:make", "--model nope_i27:make: cannot import nope_i27: ModuleNotFoundError"),
     ("mynets_i27:nope", "--model mynets_i27:nope: mynets_i27 has no callable nope"),
