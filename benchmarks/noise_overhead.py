@@ -18,7 +18,7 @@ import torch
 
 from batchscale.bench import save_json
 from batchscale.config import from_dict
-from batchscale.engine import noise
+from batchscale.engine import noise_hook
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.setup import build
 from batchscale.engine.step import prepare_input, train_step
@@ -39,7 +39,7 @@ def main():
                          bn_group=args.group, device=args.device, threads=args.threads,
                          track_noise_scale=True, epochs=1))
     setup = build(cfg, progress=False)
-    tracker = noise.attach(setup, Position())
+    tracker = noise_hook.attach(setup, Position())
     loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0)
     times = {"off": [], "on": []}
     for step in range(2 * args.steps + 2):

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from batchscale.engine import distributed, noise, rundir
+from batchscale.engine import distributed, noise, noise_hook, rundir
 from batchscale.engine.data import EpochLoader, balanced_subset, load_dataset
 from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import build
@@ -89,7 +89,7 @@ def one_step(cfg, world_size: int = 1, rank: int = 0) -> dict:
     setup = build(cfg, progress=False, world_size=world_size, rank=rank)
     setup.model.double()
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
-    setup.noise = noise.attach(setup, Position())
+    setup.noise = noise_hook.attach(setup, Position())
     loader = EpochLoader(setup.train, cfg.batch_size, cfg.seed, 0, rank=rank,
                          world_size=world_size)
     images, labels = loader.batch(0)
@@ -239,7 +239,7 @@ def test_two_nodes_train_together_and_report_global_metrics(two_nodes, data, tmp
     # Its noise scale measures both groups of 32 every step (as the whole-batch-BN measurement
     # does with its quarters): the mean of their squared norms and the squared norm of their
     # mean, the very numbers the workers' local norms and the all-reduced gradient give.
-    monkeypatch.setattr(noise, "measured_batches", lambda group, batch: (32, 64, True))
+    monkeypatch.setattr(noise_hook, "measured_batches", lambda group, batch: (32, 64, True))
     simulated = train(run_config(data, epochs=1, bn_group=32, bn_impl="loop",
                                  track_noise_scale=True), tmp_path / "s", quiet=True)
     assert simulated["status"] == "completed"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batchscale.engine import noise
+from batchscale.engine import noise, noise_hook
 from batchscale.engine.norm import GhostBatchNorm2d, set_group_size
 
 IMAGES, SMALL, BIG = 2048, 4, 16
@@ -66,7 +66,7 @@ def online(model, images, labels, every_group: bool, group_size: int, steps: int
         pick = torch.randperm(IMAGES, generator=generator)[:BIG]
         model.zero_grad()
         F.cross_entropy(model(images[pick]), labels[pick]).backward()
-        noise.observe_step(tracker, model, images[pick], labels[pick])
+        noise_hook.observe_step(tracker, model, images[pick], labels[pick])
     set_group_size(model, 0)
     return tracker.values()["noise_b_simple"]
 
@@ -130,5 +130,5 @@ def test_noise_scale_of_exact_per_sample_gradients():
         pick = torch.randint(0, 64, (BIG,), generator=draws)
         model.zero_grad()
         loss_of(images[pick], labels[pick]).backward()
-        noise.observe_step(tracker, model, images[pick], labels[pick], loss_of)
+        noise_hook.observe_step(tracker, model, images[pick], labels[pick], loss_of)
     assert tracker.values()["noise_b_simple"] == pytest.approx(exact.item(), rel=0.07)

@@ -24,6 +24,7 @@ from batchscale.analysis.advise_rules import (
     window_steps,
 )
 from batchscale.engine import noise as noise_scale
+from batchscale.engine import noise_hook
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.norm import set_group_size
 from batchscale.engine.optim import set_lr
@@ -165,7 +166,7 @@ def noise_at(setup: Setup, measurements: int, ledger: Ledger) -> dict:
                 "why_not": f"{NOISE_SMALL_BATCHES} base batches ({big.cfg.batch_size} images) "
                            f"exceed the {len(setup.train)} training images"}
     stream = batches_of(big, 1)
-    with (noise_scale.batch_norm_buffers_kept(setup.model),
+    with (noise_hook.batch_norm_buffers_kept(setup.model),
           noise_scale.NoiseScale(setup.model, span=math.inf) as tracked):
         for _ in range(measurements):
             measure_noise(setup, tracked, *next(stream))
@@ -224,7 +225,7 @@ def top_curvature(setup: Setup, images: int, iters: int, ledger: Ledger) -> dict
     if not all(torch.isfinite(p).all() for p in params):
         return {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
                 "why_not": "the base state's weights are not finite"}
-    with noise_scale.batch_norm_buffers_kept(setup.model):
+    with noise_hook.batch_norm_buffers_kept(setup.model):
         try:
             result = hessian.top_positive_eigenvalue(chunks, params, HESSIAN_TOL, iters,
                                                      setup.cfg.seed)
@@ -251,7 +252,7 @@ def sample_loss(setup: Setup, sample, ledger: Ledger) -> float:
     x, y = sample
     chunk = min(setup.cfg.bn_group or len(y), len(y))
     total = 0.0
-    with torch.no_grad(), noise_scale.batch_norm_buffers_kept(setup.model):
+    with torch.no_grad(), noise_hook.batch_norm_buffers_kept(setup.model):
         for start in range(0, len(y), chunk):
             loss, _ = forward_loss(setup, x[start:start + chunk], y[start:start + chunk])
             total += loss.item() * len(y[start:start + chunk])

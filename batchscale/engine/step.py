@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from batchscale.engine import noise as noise_scale
+from batchscale.engine import noise_hook
 from batchscale.engine.data import Split, eval_batches
 from batchscale.engine.norm import set_group_size
 from batchscale.engine.optim import set_lr
@@ -100,7 +101,7 @@ def train_step(setup: Setup, images, labels):
     loss, logits = forward_loss(setup, images, labels)
     loss.backward()
     if setup.noise is not None:  # a small batch's gradient, before the step
-        noise_scale.after_backward(setup.noise, setup.model, images, labels,
+        noise_hook.after_backward(setup.noise, setup.model, images, labels,
                                    lambda x, y: forward_loss(setup, x, y)[0])
     setup.optimizer.step()
     return loss.detach(), logits.detach()

@@ -30,10 +30,10 @@ from batchscale.engine import (
     distributed,
     graphs,
     localsgd,
+    noise_hook,
     rundir,
     tensorboard,
 )
-from batchscale.engine import noise as noise_scale
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.lock import FolderLock
 from batchscale.engine.optim import set_lr
@@ -334,7 +334,7 @@ def run(cfg: TrainConfig, run_dir: Path, world: distributed.World, *, resume: bo
         distributed.from_rank0(create_run_dir)
     position = restore(setup, run_dir) if resume else Position()
     setup.train_model = distributed.wrap(setup.model, setup.device, cfg.sync_bn)
-    setup.noise = noise_scale.attach(setup, position)  # before compile: it hooks the DDP module
+    setup.noise = noise_hook.attach(setup, position)  # before compile: it hooks the DDP module
     compile_model(setup)
     setup.board = tensorboard.Board(cfg.tensorboard and main, run_dir, resumed_at=(
         position.epoch * setup.plan.steps_per_epoch + position.step))
