@@ -131,6 +131,61 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out}: {ancestor} is not writable")
 
 
+def trial_rounds(at: dict, warm: dict, plan: Plan, timing: dict, ledger: Ledger, classes: int,
+                 sample, start_loss: float) -> tuple[dict, dict]:
+    """The held-peak trials of every batch in `at` (B -> its setup): round 1 gives every batch
+    its first trial (smallest first), then one bisection step per batch per round while the
+    budget holds it. Returns the brackets and each trial's curve, per B."""
+    brackets = {b: Bracket(s.cfg.peak_lr) for b, s in at.items()}
+    curves = {b: [] for b in at}
+    progress = True
+    while progress:
+        progress = False
+        for batch in at:
+            candidate = brackets[batch].next_candidate()
+            if candidate is None or not timing[batch]["fits"]:
+                continue
+            if plan.trial_images(batch) > ledger.left():
+                continue
+            judgement, rates, losses, accs = run_trial(
+                at[batch], warm, candidate, plan.ramp[batch], plan.hold[batch], ledger, classes,
+                TRIAL_STREAM, sample, start_loss)
+            brackets[batch].record(candidate, judgement, len(losses), len(losses) * batch)
+            curves[batch].append({"lr": candidate, "rates": rates, "losses": losses,
+                                  "accs": accs, "failed": judgement.failed})
+            progress = True
+    return brackets, curves
+
+
+def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dict,
+                 curvature: dict, beta: float | None, needed: int, say) -> list[dict]:
+    """advise.json's row per batch: its timing, its trials and bracket, and the verdict."""
+    rows = []
+    lam = curvature["lambda_max"]
+    bound_lr = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
+    for batch in at:
+        row = brackets[batch]
+        peak = at[batch].cfg.peak_lr
+        state, margin, reason = verdict(peak, row.low, row.high)
+        if not row.trials:
+            why = ("does not fit in memory" if not timing[batch]["fits"] else
+                   f"the budget could not hold its first trial ({plan.trial_images(batch)} "
+                   f"images); --budget-images {needed} gives every batch its first")
+            reason = f"no trial at B = {batch}: {why}"
+        rows.append({"batch": batch, **timing[batch], "peak_lr": peak,
+                     "warmup_steps": at[batch].plan.warmup_steps,
+                     "recipe_steps": at[batch].plan.total_steps,
+                     "trial_ramp_steps": plan.ramp[batch], "trial_hold_steps": plan.hold[batch],
+                     "trial_images": plan.trial_images(batch),
+                     "bracket_low": row.low, "bracket_high": row.high, "trials": row.trials,
+                     "curves": curves[batch],
+                     "curvature_product": None if bound_lr is None else peak * lam,
+                     "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
+                     "reason": reason})
+        say(f"  B = {batch}: {state} ({reason})")
+    return rows
+
+
 def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) -> dict:
     """The probe on a built base setup (`setup.cfg` is the recipe at its base batch; its model
     is trained in place): the record advise.json holds, without writing anything."""
@@ -169,50 +224,9 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     for batch in batches:
         load_state(at[batch], warm)
         timing[batch] = time_steps(at[batch], batches_of(at[batch], 3), ledger)
-    brackets = {b: Bracket(at[b].cfg.peak_lr) for b in batches}
-    curves = {b: [] for b in batches}
-    # round 1: every batch its first trial (smallest first); then one bisection step per batch
-    # per round while the budget holds it
-    progress = True
-    while progress:
-        progress = False
-        for batch in batches:
-            candidate = brackets[batch].next_candidate()
-            if candidate is None or not timing[batch]["fits"]:
-                continue
-            if plan.trial_images(batch) > ledger.left():
-                continue
-            judgement, rates, losses, accs = run_trial(
-                at[batch], warm, candidate, plan.ramp[batch], plan.hold[batch], ledger, classes,
-                TRIAL_STREAM, sample, start_loss)
-            brackets[batch].record(candidate, judgement, len(losses), len(losses) * batch)
-            curves[batch].append({"lr": candidate, "rates": rates, "losses": losses,
-                                  "accs": accs, "failed": judgement.failed})
-            progress = True
-    rows = []
+    brackets, curves = trial_rounds(at, warm, plan, timing, ledger, classes, sample, start_loss)
     beta = momentum_of(cfg)
-    lam = curvature["lambda_max"]
-    bound_lr = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
-    for batch in batches:
-        row = brackets[batch]
-        peak = at[batch].cfg.peak_lr
-        state, margin, reason = verdict(peak, row.low, row.high)
-        if not row.trials:
-            why = ("does not fit in memory" if not timing[batch]["fits"] else
-                   f"the budget could not hold its first trial ({plan.trial_images(batch)} "
-                   f"images); --budget-images {needed} gives every batch its first")
-            reason = f"no trial at B = {batch}: {why}"
-        rows.append({"batch": batch, **timing[batch], "peak_lr": peak,
-                     "warmup_steps": at[batch].plan.warmup_steps,
-                     "recipe_steps": at[batch].plan.total_steps,
-                     "trial_ramp_steps": plan.ramp[batch], "trial_hold_steps": plan.hold[batch],
-                     "trial_images": plan.trial_images(batch),
-                     "bracket_low": row.low, "bracket_high": row.high, "trials": row.trials,
-                     "curves": curves[batch],
-                     "curvature_product": None if bound_lr is None else peak * lam,
-                     "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,
-                     "reason": reason})
-        say(f"  B = {batch}: {state} ({reason})")
+    rows = verdict_rows(at, plan, timing, brackets, curves, curvature, beta, needed, say)
     return {
         "config": cfg.to_dict(), "batches": batches, "base_batch": cfg.base_batch_size,
         "train_images": train_images, "full_run_images": full_run,
