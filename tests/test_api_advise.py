@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_examples import EXAMPLES
+from test_examples import EXAMPLES, run_example
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -224,11 +223,7 @@ def test_the_docs_advise_example_runs_as_it_stands(tmp_path, monkeypatch, capsys
 def test_the_example_script_advises_on_its_own_pieces(tmp_path, capsys, monkeypatch):
     """examples/advise_own_model.py (the example docs/api.md quotes) runs and writes its files."""
     monkeypatch.setattr("sys.argv", ["advise_own_model.py", str(tmp_path / "out")])
-    threads = torch.get_num_threads()
-    try:
-        runpy.run_path(str(EXAMPLES / "advise_own_model.py"), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
+    run_example("advise_own_model.py")
     out = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in out[:3]] == ["B = 16", "B = 64", "B = 256"]
     assert out[-1].startswith("advice: B = ")

@@ -21,6 +21,15 @@ from conftest import PATIENCE_S
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+def run_example(name: str) -> None:
+    """Run examples/<name> as a script in this process; the thread count it sets is restored."""
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def lightning_or_skip():
     """PyTorch Lightning (the optional extra); absent it skips, except under CI (CI=true),
     where the test extra installs it and a skip would hide a failure."""
@@ -37,11 +46,7 @@ def test_the_plain_loop_adds_five_lines_and_prints_the_noise_scale(capsys):
     source = (EXAMPLES / "plain_loop.py").read_text().splitlines()
     added = [line for line in source if re.search(r"\S.*  # batchscale$", line)]
     assert len(source) <= 60 and len(added) == 5
-    threads = torch.get_num_threads()
-    try:
-        runpy.run_path(str(EXAMPLES / "plain_loop.py"), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
+    run_example("plain_loop.py")
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith("epoch 5: loss ")
     assert re.fullmatch(r"  B_simple = \S+ ± \S+ \(b_small 32, b_big 64, 160 observations\)",
