@@ -43,6 +43,16 @@ the same hash rule into split2.json (committed before any round-2 run existed):
     nice -n 10 python scripts/advise_truth.py advise held_out --round 2      # once, when frozen
     python scripts/advise_truth.py report held_out --round 2                 # report-round2.md
 
+Round 3 (`--round 3`, session 7): three more recipes (ROUND3), written down before any of their
+runs existed; rounds 1 and 2 were all seen, so they all tune and every round-3 recipe is held out
+(split3.json). The same lengths as round 2:
+
+    nice -n 10 python scripts/advise_truth.py split --round 3
+    nice -n 10 python scripts/advise_truth.py run short --round 3 --jobs 2
+    nice -n 10 python scripts/advise_truth.py run long --round 3 --jobs 2
+    nice -n 10 python scripts/advise_truth.py advise held_out --round 3      # once, when frozen
+    python scripts/advise_truth.py report held_out --round 3                 # report-round3.md
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -84,8 +94,19 @@ ROUND2 = {
     "rmsprop-a09": {"optimizer": "rmsprop", "warmup_epochs": 2, "rmsprop_alpha": 0.9,
                     "schedule": "poly"},
 }
+# Round 3 (session 7): three more recipes, written down before any of their runs existed. Rounds 1
+# and 2 were all seen (round 2's held-out half was probed), so they all tune; every round-3
+# recipe is held out (split3.json).
+ROUND3 = {
+    "group2-warmup1": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 2},
+    "const-nowarmup": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0,
+                       "schedule": "constant"},
+    "m095-warmup2": {"optimizer": "sgd", "momentum": 0.95, "weight_decay": 1e-4,
+                     "warmup_epochs": 2, "bn_group": 0},
+}
 ROUND1 = dict(RECIPES)
 RECIPES.update(ROUND2)
+RECIPES.update(ROUND3)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 6
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
@@ -94,7 +115,7 @@ LENGTHS2 = {"short": 8, "long": 30}  # round 2's run lengths
 
 
 def epochs_of(recipe: str, length: str) -> int:
-    return (LENGTHS2 if recipe in ROUND2 else LENGTHS)[length]
+    return (LENGTHS2 if recipe in ROUND2 or recipe in ROUND3 else LENGTHS)[length]
 BATCHES = [8, 32, 128]
 SEEDS = [0, 1]
 
@@ -115,8 +136,20 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
+def split3() -> dict:
+    """Round 3: every round-3 recipe is held out; every earlier recipe tunes (all were seen)."""
+    return {"rule": "round 3: every round-3 recipe is held out (written down and split before "
+                    "any of their runs existed); every round-1 and round-2 recipe tunes (all "
+                    "were seen: round 2's held-out half was probed in session 6); both lengths "
+                    "of a recipe in the same half",
+            "tuning": [*ROUND1, *ROUND2], "held_out": list(ROUND3)}
+
+
 def halves(round_: int) -> dict:
-    return split() if round_ == 1 else split2()
+    return {1: split, 2: split2, 3: split3}[round_]()
+
+
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3}
 
 
 def split() -> dict:
@@ -214,14 +247,14 @@ def train_cell(cell: tuple) -> str:
 
 def run(length: str, jobs: int, batches: list[int] | None = None,
         recipes: list[str] | None = None, round_: int = 1) -> None:
-    todo = cells(length, batches, recipes or list(ROUND1 if round_ == 1 else ROUND2))
+    todo = cells(length, batches, recipes or list(ROUND_RECIPES[round_]))
     # the largest batches first: the cheapest per image and the likeliest to break
     todo.sort(key=lambda c: (-c[2], c[1], c[3], c[4]))
     if round_ == 1:
         held_out = split()["held_out"]
         todo.sort(key=lambda c: c[1] not in held_out)  # the held-out cells first (a stable sort)
-    else:  # round 2: the tuning cells first (they are needed first); then the held-out ones
-        tuning = split2()["tuning"]
+    else:  # rounds 2, 3: the tuning cells first (they are needed first); then the held-out ones
+        tuning = halves(round_)["tuning"]
         todo.sort(key=lambda c: c[1] not in tuning)
     with ProcessPoolExecutor(jobs) as pool:
         for line in pool.map(train_cell, todo):
@@ -229,7 +262,8 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 
 def collect() -> dict:
-    record = {"split": split(), "split2": split2(), "lengths": LENGTHS, "lengths2": LENGTHS2,
+    record = {"split": split(), "split2": split2(), "split3": split3(),
+              "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS,
               "base": BASE, "recipes": RECIPES, "cells": []}
@@ -255,7 +289,7 @@ VARIANT = ""  # "" (the default budget) or "-3trials" (--budget-images of 3 tria
 
 
 def advise_dir(half: str, recipe: str, length: str, round_: int = 1) -> Path:
-    return (OUT / "advise" / ("" if round_ == 1 else "round2") / f"{half}{VARIANT}"
+    return (OUT / "advise" / ("" if round_ == 1 else f"round{round_}") / f"{half}{VARIANT}"
             / f"{recipe}-{length}")
 
 
@@ -370,17 +404,18 @@ def report(half: str, round_: int = 1) -> str:
     failures = sum(r["returncode"] != 0 for r in runs)
     short_costs = [c for c in costs if c[1] == "short"]
     import subprocess
-    marker = "FROZEN RULES" if round_ == 1 else "FROZEN RULES (round 2)"
+    marker = "FROZEN RULES" if round_ == 1 else f"FROZEN RULES (round {round_})"
     frozen = subprocess.run(["git", "log", "--fixed-strings", "--grep", marker,
                              "--format=%h %cI", "-1"],
                             capture_output=True, text=True, cwd=ROOT).stdout.strip()
     long_cells = sorted({(r[0], r[2]) for r in rows if r[1] == "long"})
     lines = [f"# advise on the {half.replace('_', '-')} half of advise-truth", "",
              f"Generated by `python scripts/advise_truth.py report {half}"
-             f"{'' if round_ == 1 else ' --round 2'}{' --three-trials' if VARIANT else ''}` from "
+             f"{'' if round_ == 1 else f' --round {round_}'}"
+             f"{' --three-trials' if VARIANT else ''}` from "
              f"`{advise_dir(half, 'x', 'y', round_).parent.relative_to(OUT)}/*/advice.json` and "
              f"the runs' summaries (round {round_}; short = "
-             f"{'4 epochs' if round_ == 1 else '4 epochs for round-1 recipes, 8 for round 2'}"
+             f"{'4 epochs' if round_ == 1 else '4 epochs for round-1 recipes, 8 for later rounds'}"
              f"; recipes: "
              f"{', '.join(names)}). Rules frozen at {frozen or 'unknown'} (the commit whose "
              f"message starts {marker}); the probes ran at "
@@ -416,7 +451,8 @@ def report(half: str, round_: int = 1) -> str:
               for r, ln, b, lo, hi, ml, mh, ok in brackets]
     text = "\n".join(lines) + "\n"
     name = ("report.md" if half == "held_out" else "report-tuning.md") if round_ == 1 else (
-        f"report-round2{VARIANT}.md" if half == "held_out" else f"report-round2-tuning{VARIANT}.md")
+        f"report-round{round_}{VARIANT}.md" if half == "held_out"
+        else f"report-round{round_}-tuning{VARIANT}.md")
     files.write_text(OUT / name, text)
     del short_costs
     return text
@@ -433,15 +469,16 @@ def main() -> None:
     parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     parser.add_argument("--three-trials", action="store_true",
                         help="advise, report: --budget-images of 3 trials per batch (no cap)")
-    parser.add_argument("--round", type=int, choices=[1, 2], default=1, dest="round_",
-                        help="1: session 5's four recipes; 2: session 6's four (split2.json)")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3], default=1, dest="round_",
+                        help="1: session 5's four recipes; 2: session 6's four (split2.json); "
+                             "3: session 7's three (split3.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
     if args.what == "split":
         from batchscale import files
         OUT.mkdir(parents=True, exist_ok=True)
-        name = "split.json" if args.round_ == 1 else "split2.json"
+        name = "split.json" if args.round_ == 1 else f"split{args.round_}.json"
         files.write_text(OUT / name, json.dumps(halves(args.round_), indent=1) + "\n")
         print(json.dumps(halves(args.round_), indent=1))
     elif args.what == "run":
