@@ -135,6 +135,47 @@ def test_trial_judgement_by_hand():
     assert not judge([1.0] * 4 + window, [0.5] * 4 + [0.17] * 32, 8, 10, 2.3, 2.2).failed
 
 
+def test_input_share_by_hand():
+    share = advise_rules.input_share
+    # every input the same output vector: no variance with the input at all
+    assert share(torch.tensor([[3.0, 1.0, 0.0]] * 4)) == 0.0
+    assert share(torch.zeros(5, 3)) == 0.0  # no variance at all counts as dead
+    # class means equal (each column has mean 0): all variance is the input's
+    assert share(torch.tensor([[1.0, -1.0], [-1.0, 1.0]])) == pytest.approx(1.0)
+    # z = [[2, 0], [0, 0]]: overall mean 0.5, total Σ(z - 0.5)² = 2.25 + 3 × 0.25 = 3;
+    # column means (1, 0): Σ(z - z̄_c)² = 1 + 1 = 2 -> 2/3
+    assert share(torch.tensor([[2.0, 0.0], [0.0, 0.0]])) == pytest.approx(2 / 3)
+    # a real network: an initialized ResNet on noise varies with its input (a little: 0.095 with
+    # this seed); with its last layer ignoring its features (weights 0) it is dead
+    from batchscale.engine.models import build_model
+    torch.manual_seed(0)
+    net = build_model("resnet18", 2, 10, 0.1, 0)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        alive = share(net(x))
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.arange(10.0))
+        dead = share(net(x))
+    assert alive > 0.01 and dead == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_dead_network_fails_its_trial():
+    judge = advise_rules.judge_trial
+    low = advise_rules.SHARE_MIN * 0.9
+    # the fixed sample's loss fell (progress) but the outputs hardly depend on the input: dead
+    verdict = judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.3, 2.2, None, low)
+    assert verdict.failed and verdict.why == "dead" and verdict.end_share == low
+    # just above the limit it passes; no share measured (None) decides nothing
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.3, 2.2, None,
+                     advise_rules.SHARE_MIN * 1.1).failed
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.3, 2.2, None, None).failed
+    # the bracket records the share of each trial
+    bracket = advise_rules.Bracket(0.1)
+    bracket.record(0.1, verdict, 3, 384)
+    assert bracket.trials[0]["end_share"] == low and bracket.high == 0.1
+
+
 # ---------------------------------------------------------------------- curvature
 def known_quadratic(eigenvalues: list[float], seed: int = 1):
     generator = torch.Generator().manual_seed(seed)

@@ -11,8 +11,9 @@ trial):
    parameters, gradients and optimizer state; on CUDA the allocator's peak), and whether it fits;
 2. stability, by held-peak trials: from the recipe's warmed-up base state (the base batch trained
    through its warmup; the initialization when it has none) a trial replays the warmup ramp to a
-   candidate peak at B and holds that peak, and is judged by the engine's collapse rule and a
-   loss-progress test (advise_rules.judge_trial); every trial at B sees the same batches, so
+   candidate peak at B and holds that peak, and is judged by the engine's collapse rule, a
+   dead-network test (outputs that ignore the input) and a loss-progress test
+   (advise_rules.judge_trial); every trial at B sees the same batches, so
    trials differ only in the rate. Per B the largest stable peak is bracketed by
    log bisection from the recipe's peak (factor 2, then √2 as the budget allows), and the verdict
    compares the recipe's peak with the bracket;
@@ -79,6 +80,7 @@ from batchscale.analysis.advise_rules import (
     HOLD_MIN,
     RAMP_STEPS,
     SAFETY,
+    SHARE_MIN,
     START,
     Bracket,
     advice_for,
@@ -239,8 +241,10 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "rules": {"start": START, "trial_stream": "the same batches for every trial at a B",
                   "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
                   "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
+                  "share_min": SHARE_MIN,
                   "judge": "failed: a non-finite loss; the last window exploded by "
-                           "engine/collapse.py (at chance, loss ≥ 1.25 ln C); or the fixed "
+                           "engine/collapse.py (at chance, loss ≥ 1.25 ln C); a dead network "
+                           "(the fixed sample's logits' input share < share_min); or the fixed "
                            "sample's loss more than half way back to chance from both the "
                            "trial's start and the peak's start. window = max(3, 256/B) steps"},
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,

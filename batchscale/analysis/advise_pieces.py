@@ -19,6 +19,7 @@ from batchscale.analysis.advise_budget import HESSIAN_TOL, NOISE_SMALL_BATCHES, 
 from batchscale.analysis.advise_rules import (
     config_at,
     exploded,
+    input_share,
     judge_trial,
     trial_rates,
     window_steps,
@@ -245,19 +246,26 @@ def fixed_sample(setup: Setup, images: int):
     return prepare_input(setup, setup.train.inputs(index)), setup.train.labels[index]
 
 
-def sample_loss(setup: Setup, sample, ledger: Ledger) -> float:
-    """The mean training-mode loss (batch norm over the recipe's groups, or over the whole
-    sample without groups; its running statistics restored) on a fixed sample: one
-    deterministic function of the weights."""
+def sample_stats(setup: Setup, sample, ledger: Ledger) -> tuple[float, float]:
+    """(loss, input share) of the training-mode outputs (batch norm over the recipe's groups, or
+    over the whole sample without groups; its running statistics restored) on a fixed sample:
+    deterministic functions of the weights. The input share is advise_rules.input_share of the
+    logits: near 0 when the network gives every input the same output (a dead network)."""
     x, y = sample
     chunk = min(setup.cfg.bn_group or len(y), len(y))
-    total = 0.0
+    total, outputs = 0.0, []
     with torch.no_grad(), noise_hook.batch_norm_buffers_kept(setup.model):
         for start in range(0, len(y), chunk):
-            loss, _ = forward_loss(setup, x[start:start + chunk], y[start:start + chunk])
+            loss, logits = forward_loss(setup, x[start:start + chunk], y[start:start + chunk])
             total += loss.item() * len(y[start:start + chunk])
+            outputs.append(logits.detach().float().reshape(len(y[start:start + chunk]), -1))
     ledger.spend("trial judging", len(y))
-    return total / len(y)
+    return total / len(y), input_share(torch.cat(outputs))
+
+
+def sample_loss(setup: Setup, sample, ledger: Ledger) -> float:
+    """The fixed sample's training-mode loss (sample_stats)."""
+    return sample_stats(setup, sample, ledger)[0]
 
 
 def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger: Ledger,
@@ -286,7 +294,9 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
             break
         if len(losses) >= width and exploded(losses[-width:], accs[-width:], batch, classes):
             break
-    end_loss = sample_loss(at_b, sample, ledger) if math.isfinite(losses[-1]) else math.inf
-    judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss, hold_start)
+    end_loss, end_share = (sample_stats(at_b, sample, ledger) if math.isfinite(losses[-1])
+                           else (math.inf, None))
+    judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss, hold_start,
+                            end_share)
     judgement.hold_start_loss = hold_start
     return judgement, rates[:len(losses)], losses, accs

@@ -33,6 +33,16 @@ SAFETY = 1.0
 # fixed-sample loss of a healthy trial rose 2.065 -> 2.139 (noise), so "below the start" alone
 # called stable rates unstable.
 PROGRESS_SLACK = 0.5
+# A trial also fails when the network's outputs on the fixed sample hardly depend on the input:
+# the input share of the logits' variance (input_share) below SHARE_MIN. That is what a collapsed
+# run is (the final checkpoints of the truth sweeps' collapsed runs give every input the same
+# output, share 0.00-0.24 in training mode; runs that trained 0.88-0.92), and it shows while the
+# loss is still between the start and chance. Chosen in round 3 on the eight tuning recipes'
+# short cells (trials at every grid peak, two data streams, scored at the grid's resolution):
+# slack 0.5 without the test 100/120 cells right with 10 false *stable* (the other stream 102/120
+# and 7); with SHARE_MIN 0.3 103/120 and 3 (102/120 and 5); 0.2: 103/120 and 6; slack 0.75 with
+# 0.2 108/120 but 8 false *stable* (docs/results/advise-truth/round3-tuning/).
+SHARE_MIN = 0.3
 UP_LIMIT, DOWN_LIMIT = 8.0, 16.0  # the search looks no further than peak × 8 and peak / 16
 WINDOW_IMAGES = 256  # a judging window holds at least this many images (and 3 steps)
 
@@ -64,11 +74,22 @@ def window_steps(batch: int) -> int:
 @dataclass
 class TrialJudgement:
     failed: bool
-    why: str  # "nonfinite" | "collapse" | "no progress" | "" (passed)
+    why: str  # "nonfinite" | "collapse" | "dead" | "no progress" | "" (passed)
     start_loss: float | None
     end_loss: float | None
     end_acc: float | None
     hold_start_loss: float | None = None
+    end_share: float | None = None  # input_share of the fixed sample's logits at the end
+
+
+def input_share(logits) -> float:
+    """The share of the logits' variance (around their overall mean) that varies with the input
+    rather than with the class alone: Σ (z_ic − z̄_c)² / Σ (z_ic − z̄)² over inputs i, classes c.
+    0 when every input gets the same output vector; 1 when the classes' mean outputs are equal.
+    A constant output (no variance at all) counts as 0."""
+    centred = logits - logits.mean(0)
+    total = (logits - logits.mean()).pow(2).sum().item()
+    return centred.pow(2).sum().item() / total if total > 0 else 0.0
 
 
 def window_row(losses: list[float], accs: list[float], batch: int) -> dict:
@@ -87,27 +108,34 @@ def exploded(losses: list[float], accs: list[float], batch: int, classes: int) -
 
 def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int,
                 start_loss: float, end_loss: float,
-                hold_start_loss: float | None = None) -> TrialJudgement:
-    """A trial failed when a loss was non-finite, when its last window of steps is *exploded* by
+                hold_start_loss: float | None = None,
+                end_share: float | None = None) -> TrialJudgement:
+    """A trial failed when a loss was non-finite; when its last window of steps is *exploded* by
     the engine's rule (engine/collapse.py: at chance -- accuracy within the margin of 1/classes,
     loss ≥ ln(classes) − margin, over the window's images -- with a loss ≥ EXPLODED × ln(classes);
-    the engine's other tier, at chance for half a run, cannot show in a trial, and at chance alone
-    called healthy trials of the slowly learning tuning recipes collapsed), or when the loss on a
-    fixed sample
-    at its end, `end_loss`, is not below that at its start, `start_loss` (the loss-progress test:
-    the same images before and after, so small batches' noisy step losses do not decide it)."""
+    the engine's other tier, at chance for half a run, cannot show in a trial); when the network
+    is *dead*: its outputs on a fixed sample at the end hardly depend on the input (`end_share`,
+    input_share of the logits, below SHARE_MIN); or when the loss on that fixed sample at its end,
+    `end_loss`, is more than PROGRESS_SLACK of the way from its start (`start_loss`, and the
+    peak's start, `hold_start_loss`) back to chance, ln(classes) (the loss-progress test: the
+    same images before and after, so small batches' noisy step losses do not decide it)."""
     if (not losses or any(not math.isfinite(v) for v in losses)
             or not math.isfinite(end_loss)):
         return TrialJudgement(True, "nonfinite", start_loss, None, None)
     width = min(window_steps(batch), len(losses))
     row = window_row(losses[-width:], accs[-width:], batch)
     if exploded(losses[-width:], accs[-width:], batch, classes):
-        return TrialJudgement(True, "collapse", start_loss, end_loss, row["train_acc"])
+        return TrialJudgement(True, "collapse", start_loss, end_loss, row["train_acc"],
+                              end_share=end_share)
+    if end_share is not None and end_share < SHARE_MIN:
+        return TrialJudgement(True, "dead", start_loss, end_loss, row["train_acc"],
+                              end_share=end_share)
     references = [start_loss] + ([hold_start_loss] if hold_start_loss is not None else [])
     chance = math.log(classes)
     if all(end_loss >= ref + PROGRESS_SLACK * max(chance - ref, 0.0) for ref in references):
-        return TrialJudgement(True, "no progress", start_loss, end_loss, row["train_acc"])
-    return TrialJudgement(False, "", start_loss, end_loss, row["train_acc"])
+        return TrialJudgement(True, "no progress", start_loss, end_loss, row["train_acc"],
+                              end_share=end_share)
+    return TrialJudgement(False, "", start_loss, end_loss, row["train_acc"], end_share=end_share)
 
 
 # ---------------------------------------------------------------------- bracketing
@@ -139,7 +167,8 @@ class Bracket:
         self.trials.append({"lr": lr, "failed": judgement.failed, "why": judgement.why,
                             "start_loss": judgement.start_loss, "end_loss": judgement.end_loss,
                             "hold_start_loss": judgement.hold_start_loss,
-                            "end_acc": judgement.end_acc, "steps": steps, "images": images})
+                            "end_acc": judgement.end_acc, "end_share": judgement.end_share,
+                            "steps": steps, "images": images})
         if judgement.failed:
             self.high = lr if self.high is None else min(self.high, lr)
         else:
