@@ -53,6 +53,10 @@ runs existed; rounds 1 and 2 were all seen, so they all tune and every round-3 r
     nice -n 10 python scripts/advise_truth.py advise held_out --round 3      # once, when frozen
     python scripts/advise_truth.py report held_out --round 3                 # report-round3.md
 
+Round 4 (`--round 4`, session 7): three more (ROUND4), written down after round 3's held-out half
+was probed and before the rule it showed wrong was changed; every earlier recipe tunes, every
+round-4 recipe is held out (split4.json). The same commands with `--round 4`.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -104,9 +108,19 @@ ROUND3 = {
     "m095-warmup2": {"optimizer": "sgd", "momentum": 0.95, "weight_decay": 1e-4,
                      "warmup_epochs": 2, "bn_group": 0},
 }
+# Round 4 (session 7): three more, written down after round 3's held-out half was probed (it
+# showed the dead-network test firing on base states that had not started learning) and before
+# that test was changed; every earlier recipe tunes, every round-4 recipe is held out.
+ROUND4 = {
+    "group4-nesterov": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 1, "bn_group": 4},
+    "warmup3-wd1e3": {"optimizer": "sgd", "warmup_epochs": 3, "bn_group": 0,
+                      "weight_decay": 1e-3},
+    "no-warmup-group4": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 4},
+}
 ROUND1 = dict(RECIPES)
 RECIPES.update(ROUND2)
 RECIPES.update(ROUND3)
+RECIPES.update(ROUND4)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 6
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
@@ -115,7 +129,7 @@ LENGTHS2 = {"short": 8, "long": 30}  # round 2's run lengths
 
 
 def epochs_of(recipe: str, length: str) -> int:
-    return (LENGTHS2 if recipe in ROUND2 or recipe in ROUND3 else LENGTHS)[length]
+    return (LENGTHS if recipe in ROUND1 else LENGTHS2)[length]
 BATCHES = [8, 32, 128]
 SEEDS = [0, 1]
 
@@ -145,11 +159,20 @@ def split3() -> dict:
             "tuning": [*ROUND1, *ROUND2], "held_out": list(ROUND3)}
 
 
+def split4() -> dict:
+    """Round 4: every round-4 recipe is held out; every earlier recipe tunes (all were seen)."""
+    return {"rule": "round 4: every round-4 recipe is held out (written down and split before "
+                    "any of their runs existed and before the round-4 rule change); every "
+                    "round-1, 2 and 3 recipe tunes (all were seen: round 3's held-out half was "
+                    "probed in session 7); both lengths of a recipe in the same half",
+            "tuning": [*ROUND1, *ROUND2, *ROUND3], "held_out": list(ROUND4)}
+
+
 def halves(round_: int) -> dict:
-    return {1: split, 2: split2, 3: split3}[round_]()
+    return {1: split, 2: split2, 3: split3, 4: split4}[round_]()
 
 
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3}
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4}
 
 
 def split() -> dict:
@@ -262,7 +285,7 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 
 def collect() -> dict:
-    record = {"split": split(), "split2": split2(), "split3": split3(),
+    record = {"split": split(), "split2": split2(), "split3": split3(), "split4": split4(),
               "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS,
@@ -469,9 +492,9 @@ def main() -> None:
     parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     parser.add_argument("--three-trials", action="store_true",
                         help="advise, report: --budget-images of 3 trials per batch (no cap)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3], default=1, dest="round_",
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1, dest="round_",
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
-                             "3: session 7's three (split3.json)")
+                             "3, 4: session 7's three and three (split3.json, split4.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
