@@ -244,6 +244,29 @@ def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
     assert printed.startswith("| B |") and "advice: B = " in printed
 
 
+def test_a_base_state_that_has_not_started_learning_gets_no_trials(tmp_path):
+    # by hand: warmed-up bases below chance - margin are judged; at chance, not; a recipe
+    # without warmup (its initialization is its own start), a non-finite base (its trials fail
+    # as non-finite) and a user's loss (no ln(classes) chance level) always are
+    chance = math.log(10)
+    learning = advise.base_learning
+    assert learning(32, chance - 0.03, 10) and not learning(32, chance - 0.01, 10)
+    assert not learning(32, chance + 0.2, 10)
+    assert learning(0, chance + 0.2, 10) and learning(32, math.inf, 10)
+    assert learning(32, chance + 0.2, 10, cross_entropy=False)
+    # end to end: a rate so small that the warmup leaves the network at chance
+    out = tmp_path / "advice"
+    args = [a if a != "0.02" else "1e-7" for a in SHORT]
+    assert main(["advise", *args, "--batches", "8,32", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / advise_report.RESULT_JSON).read_text())
+    assert record["base_learning"] is False and record["base"]["sample_loss"] > chance - 0.02
+    for row in record["rows"]:
+        assert row["trials"] == [] and row["verdict"] == "at risk"
+        assert "has not started learning" in row["reason"]
+    assert not any(piece.startswith("trials") for piece in record["probe_pieces"])
+    assert "has not started learning" in (out / advise_report.RESULT_MD).read_text()
+
+
 def test_a_budget_without_room_for_every_first_trial_names_the_batch(tmp_path):
     from batchscale.config import from_dict
     from batchscale.engine.setup import build

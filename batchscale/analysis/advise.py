@@ -38,6 +38,7 @@ writes in advise_report.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ from batchscale.analysis.advise_pieces import (  # noqa: F401 (advise.X is the p
     recipe_groups,
     run_trial,
     sample_loss,
+    sample_stats,
     setup_at,
     state_of,
     time_steps,
@@ -89,11 +91,13 @@ from batchscale.analysis.advise_rules import (
     verdict,
 )
 from batchscale.config import TrainConfig
+from batchscale.engine import collapse
 from batchscale.engine.optim import sgd_momentum
 from batchscale.engine.setup import Setup, build
 from batchscale.errors import UserError
 
 TRIAL_STREAM = 10  # every trial at a batch sees the same batches: trials differ only in the rate
+BASE_MUST_LEARN = True  # no trials from a warmed-up base state still at chance (base_learning)
 
 
 # ---------------------------------------------------------------------- the command
@@ -159,9 +163,23 @@ def trial_rounds(at: dict, warm: dict, plan: Plan, timing: dict, ledger: Ledger,
     return brackets, curves
 
 
+def base_learning(base_steps: int, start_loss: float, classes: int,
+                  cross_entropy: bool = True) -> bool:
+    """Whether trials from the base state can be judged: a recipe without warmup starts from its
+    initialization (its trials are its own first steps); a warmed-up base state must have started
+    learning, its fixed-sample loss below chance, ln(classes) − collapse.LOSS_MARGIN (round 3's
+    held-out half: from a base still at chance every trial failed, slow start or not). Only for
+    cross-entropy, whose chance level is ln(classes); a user's loss is not judged so."""
+    if not BASE_MUST_LEARN or not base_steps or not cross_entropy or not math.isfinite(start_loss):
+        return True  # (a base state that blew up: its trials fail as non-finite, `diverges`)
+    return start_loss < math.log(classes) - collapse.LOSS_MARGIN
+
+
 def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dict,
-                 curvature: dict, beta: float | None, needed: int, say) -> list[dict]:
-    """advise.json's row per batch: its timing, its trials and bracket, and the verdict."""
+                 curvature: dict, beta: float | None, needed: int, say,
+                 not_learning: str | None = None) -> list[dict]:
+    """advise.json's row per batch: its timing, its trials and bracket, and the verdict
+    (`not_learning`: why no trial ran when the base state had not started learning)."""
     rows = []
     lam = curvature["lambda_max"]
     bound_lr = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
@@ -169,7 +187,9 @@ def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dic
         row = brackets[batch]
         peak = at[batch].cfg.peak_lr
         state, margin, reason = verdict(peak, row.low, row.high)
-        if not row.trials:
+        if not row.trials and not_learning is not None:
+            reason = f"no trial at B = {batch}: {not_learning}"
+        elif not row.trials:
             why = ("does not fit in memory" if not timing[batch]["fits"] else
                    f"the budget could not hold its first trial ({plan.trial_images(batch)} "
                    f"images); --budget-images {needed} gives every batch its first")
@@ -220,15 +240,26 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     curvature = top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
     warm = state_of(setup) if plan.base_steps else init
     sample = fixed_sample(setup, plan.judge_images)
-    start_loss = sample_loss(setup, sample, ledger)
+    start_loss, start_share = sample_stats(setup, sample, ledger)
     at = {b: setup_at(setup, b) for b in batches}
     timing = {}
     for batch in batches:
         load_state(at[batch], warm)
         timing[batch] = time_steps(at[batch], batches_of(at[batch], 3), ledger)
-    brackets, curves = trial_rounds(at, warm, plan, timing, ledger, classes, sample, start_loss)
+    learning = base_learning(plan.base_steps, start_loss, classes,
+                             getattr(setup, "loss_fn", None) is None)
+    brackets, curves = (trial_rounds(at, warm, plan, timing, ledger, classes, sample, start_loss)
+                        if learning else
+                        ({b: Bracket(s.cfg.peak_lr) for b, s in at.items()}, {b: [] for b in at}))
+    not_learning = None if learning else (
+        f"after the recipe's warmup the base state has not started learning (fixed-sample loss "
+        f"{start_loss:.3f}, chance ln {classes} = {math.log(classes):.3f}), so a short trial "
+        f"cannot tell a slow start from a collapse")
+    if not_learning:
+        say(f"advise: no trials: {not_learning}")
     beta = momentum_of(cfg)
-    rows = verdict_rows(at, plan, timing, brackets, curves, curvature, beta, needed, say)
+    rows = verdict_rows(at, plan, timing, brackets, curves, curvature, beta, needed, say,
+                        not_learning)
     return {
         "config": cfg.to_dict(), "batches": batches, "base_batch": cfg.base_batch_size,
         "train_images": train_images, "full_run_images": full_run,
@@ -236,17 +267,20 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "budget_needed_first_trials": needed, "probe_images": ledger.spent,
         "probe_fraction": ledger.spent / full_run, "probe_pieces": ledger.pieces,
         "probe_wall_s": time.perf_counter() - started, "device": str(setup.device),
-        "plan": dataclasses.asdict(plan), "base": base, "noise": noise, "curvature": curvature,
+        "plan": dataclasses.asdict(plan),
+        "base": {**base, "sample_loss": start_loss, "sample_share": start_share},
+        "noise": noise, "curvature": curvature,
         "momentum": beta,
         "rules": {"start": START, "trial_stream": "the same batches for every trial at a B",
                   "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
                   "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
-                  "share_min": SHARE_MIN,
+                  "share_min": SHARE_MIN, "base_must_learn": BASE_MUST_LEARN,
                   "judge": "failed: a non-finite loss; the last window exploded by "
                            "engine/collapse.py (at chance, loss ≥ 1.25 ln C); a dead network "
                            "(the fixed sample's logits' input share < share_min); or the fixed "
                            "sample's loss more than half way back to chance from both the "
                            "trial's start and the peak's start. window = max(3, 256/B) steps"},
+        "base_learning": learning,
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
 
