@@ -57,6 +57,10 @@ Round 4 (`--round 4`, session 7): three more (ROUND4), written down after round 
 was probed and before the rule it showed wrong was changed; every earlier recipe tunes, every
 round-4 recipe is held out (split4.json). The same commands with `--round 4`.
 
+Round 5 (`--round 5`, session 7): three more (ROUND5), written down after round 4's held-out half
+was probed and before the rule it showed wrong was changed (split5.json). The same commands with
+`--round 5`.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -117,10 +121,21 @@ ROUND4 = {
                       "weight_decay": 1e-3},
     "no-warmup-group4": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 4},
 }
+# Round 5 (session 7): three more, written down after round 4's held-out half was probed (trials
+# from an initialization that had not started learning were "dead" at every rate) and before the
+# rule was changed; every earlier recipe tunes, every round-5 recipe is held out.
+ROUND5 = {
+    "no-warmup-m08": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0, "momentum": 0.8},
+    "group8-poly": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 8, "schedule": "poly",
+                    "weight_decay": 1e-4},
+    "rmsprop-a095-group4": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 4,
+                            "rmsprop_alpha": 0.95},
+}
 ROUND1 = dict(RECIPES)
 RECIPES.update(ROUND2)
 RECIPES.update(ROUND3)
 RECIPES.update(ROUND4)
+RECIPES.update(ROUND5)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 6
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
@@ -168,11 +183,20 @@ def split4() -> dict:
             "tuning": [*ROUND1, *ROUND2, *ROUND3], "held_out": list(ROUND4)}
 
 
+def split5() -> dict:
+    """Round 5: every round-5 recipe is held out; every earlier recipe tunes (all were seen)."""
+    return {"rule": "round 5: every round-5 recipe is held out (written down and split before "
+                    "any of their runs existed and before the round-5 rule change); every "
+                    "round-1 to 4 recipe tunes (all were seen: round 4's held-out half was "
+                    "probed in session 7); both lengths of a recipe in the same half",
+            "tuning": [*ROUND1, *ROUND2, *ROUND3, *ROUND4], "held_out": list(ROUND5)}
+
+
 def halves(round_: int) -> dict:
-    return {1: split, 2: split2, 3: split3, 4: split4}[round_]()
+    return {1: split, 2: split2, 3: split3, 4: split4, 5: split5}[round_]()
 
 
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4}
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}
 
 
 def split() -> dict:
@@ -286,6 +310,7 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 def collect() -> dict:
     record = {"split": split(), "split2": split2(), "split3": split3(), "split4": split4(),
+              "split5": split5(),
               "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS,
@@ -492,9 +517,9 @@ def main() -> None:
     parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     parser.add_argument("--three-trials", action="store_true",
                         help="advise, report: --budget-images of 3 trials per batch (no cap)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1, dest="round_",
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1, dest="round_",
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
-                             "3, 4: session 7's three and three (split3.json, split4.json)")
+                             "3, 4, 5: session 7's three, three and three (split3-5.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
