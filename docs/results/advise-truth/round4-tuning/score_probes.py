@@ -7,7 +7,9 @@ sys.path.insert(0, str(ROOT))
 from batchscale.analysis import advise_rules as R
 OUT = ROOT / "docs" / "results" / "advise-truth"
 o = json.load(open(OUT / "outcomes.json"))
-TUNING = json.load(open(OUT / "split4.json"))["tuning"]
+import os
+SPLIT = os.environ.get("SPLIT", "split4.json")
+TUNING = json.load(open(OUT / SPLIT))["tuning"]
 def score(dirs, safety=1.0):
     n = right = fs = risk = 0; per = {}
     for d in dirs:
