@@ -91,7 +91,8 @@ Larger batches, rejected:
 {table(record)}
 
 - A *trial* at B starts from the base state (the base batch trained through the recipe's
-  warmup; the initialization without warmup), ramps from the base lr to a candidate peak in at
+  warmup; the initialization without warmup; no trials when a warmed-up base state is still at
+  chance: every B is then *at risk*), ramps from the base lr to a candidate peak in at
   most {rules['ramp_steps']} steps (the recipe's warmup, compressed) and holds the peak for
   {rules['hold_epochs']} of the recipe's epochs at B (at least {rules['hold_min']}, at most
   {rules['hold_max']} steps, never more than the recipe holds it). It *fails* ({rules['judge']}).
