@@ -10,7 +10,8 @@ trial):
 1. throughput (img/s over a few timed steps) and memory (activations kept for backward plus the
    parameters, gradients and optimizer state; on CUDA the allocator's peak), and whether it fits;
 2. stability, by held-peak trials: from the recipe's warmed-up base state (the base batch trained
-   through its warmup; the initialization when it has none) a trial replays the warmup ramp to a
+   through its warmup; the initialization when it has none; no trials when the warmed-up base
+   is still at chance, base_learning) a trial replays the warmup ramp to a
    candidate peak at B and holds that peak, and is judged by the engine's collapse rule, a
    dead-network test (outputs that ignore the input) and a loss-progress test
    (advise_rules.judge_trial); every trial at B sees the same batches, so
