@@ -139,13 +139,14 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def trial_rounds(at: dict, warm: dict, plan: Plan, timing: dict, ledger: Ledger, classes: int,
-                 sample, start_loss: float) -> tuple[dict, dict]:
+                 sample, start_loss: float, judgeable: bool = True) -> tuple[dict, dict]:
     """The held-peak trials of every batch in `at` (B -> its setup): round 1 gives every batch
     its first trial (smallest first), then one bisection step per batch per round while the
-    budget holds it. Returns the brackets and each trial's curve, per B."""
+    budget holds it (none when the base state is not `judgeable`, base_learning). Returns the
+    brackets and each trial's curve, per B."""
     brackets = {b: Bracket(s.cfg.peak_lr) for b, s in at.items()}
     curves = {b: [] for b in at}
-    progress = True
+    progress = judgeable
     while progress:
         progress = False
         for batch in at:
@@ -174,6 +175,25 @@ def base_learning(base_steps: int, start_loss: float, classes: int,
     if not BASE_MUST_LEARN or not base_steps or not cross_entropy or not math.isfinite(start_loss):
         return True  # (a base state that blew up: its trials fail as non-finite, `diverges`)
     return start_loss < math.log(classes) - collapse.LOSS_MARGIN
+
+
+def not_learning_reason(start_loss: float, classes: int) -> str:
+    return (f"after the recipe's warmup the base state has not started learning (fixed-sample "
+            f"loss {start_loss:.3f}, chance ln {classes} = {math.log(classes):.3f}), so a short "
+            f"trial cannot tell a slow start from a collapse")
+
+
+def rules_record() -> dict:
+    """The rules a probe decided by, as advise.json records them."""
+    return {"start": START, "trial_stream": "the same batches for every trial at a B",
+            "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
+            "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
+            "share_min": SHARE_MIN, "base_must_learn": BASE_MUST_LEARN,
+            "judge": "failed: a non-finite loss; the last window exploded by "
+                     "engine/collapse.py (at chance, loss ≥ 1.25 ln C); a dead network "
+                     "(the fixed sample's logits' input share < share_min); or the fixed "
+                     "sample's loss more than half way back to chance from both the "
+                     "trial's start and the peak's start. window = max(3, 256/B) steps"}
 
 
 def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dict,
@@ -249,13 +269,9 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         timing[batch] = time_steps(at[batch], batches_of(at[batch], 3), ledger)
     learning = base_learning(plan.base_steps, start_loss, classes,
                              getattr(setup, "loss_fn", None) is None)
-    brackets, curves = (trial_rounds(at, warm, plan, timing, ledger, classes, sample, start_loss)
-                        if learning else
-                        ({b: Bracket(s.cfg.peak_lr) for b, s in at.items()}, {b: [] for b in at}))
-    not_learning = None if learning else (
-        f"after the recipe's warmup the base state has not started learning (fixed-sample loss "
-        f"{start_loss:.3f}, chance ln {classes} = {math.log(classes):.3f}), so a short trial "
-        f"cannot tell a slow start from a collapse")
+    brackets, curves = trial_rounds(at, warm, plan, timing, ledger, classes, sample, start_loss,
+                                    judgeable=learning)
+    not_learning = None if learning else not_learning_reason(start_loss, classes)
     if not_learning:
         say(f"advise: no trials: {not_learning}")
     beta = momentum_of(cfg)
@@ -272,15 +288,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "base": {**base, "sample_loss": start_loss, "sample_share": start_share},
         "noise": noise, "curvature": curvature,
         "momentum": beta,
-        "rules": {"start": START, "trial_stream": "the same batches for every trial at a B",
-                  "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
-                  "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
-                  "share_min": SHARE_MIN, "base_must_learn": BASE_MUST_LEARN,
-                  "judge": "failed: a non-finite loss; the last window exploded by "
-                           "engine/collapse.py (at chance, loss ≥ 1.25 ln C); a dead network "
-                           "(the fixed sample's logits' input share < share_min); or the fixed "
-                           "sample's loss more than half way back to chance from both the "
-                           "trial's start and the peak's start. window = max(3, 256/B) steps"},
+        "rules": rules_record(),
         "base_learning": learning,
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }

@@ -132,18 +132,20 @@ def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int
         return TrialJudgement(True, "nonfinite", start_loss, None, None)
     width = min(window_steps(batch), len(losses))
     row = window_row(losses[-width:], accs[-width:], batch)
+
+    def judged(why: str) -> TrialJudgement:
+        return TrialJudgement(bool(why), why, start_loss, end_loss, row["train_acc"],
+                              end_share=end_share)
+
     if exploded(losses[-width:], accs[-width:], batch, classes):
-        return TrialJudgement(True, "collapse", start_loss, end_loss, row["train_acc"],
-                              end_share=end_share)
+        return judged("collapse")
     if dead(end_share):
-        return TrialJudgement(True, "dead", start_loss, end_loss, row["train_acc"],
-                              end_share=end_share)
+        return judged("dead")
     references = [start_loss] + ([hold_start_loss] if hold_start_loss is not None else [])
     chance = math.log(classes)
     if all(end_loss >= ref + PROGRESS_SLACK * max(chance - ref, 0.0) for ref in references):
-        return TrialJudgement(True, "no progress", start_loss, end_loss, row["train_acc"],
-                              end_share=end_share)
-    return TrialJudgement(False, "", start_loss, end_loss, row["train_acc"], end_share=end_share)
+        return judged("no progress")
+    return judged("")
 
 
 # ---------------------------------------------------------------------- bracketing
