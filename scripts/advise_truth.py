@@ -132,10 +132,9 @@ ROUND5 = {
                             "rmsprop_alpha": 0.95},
 }
 ROUND1 = dict(RECIPES)
-RECIPES.update(ROUND2)
-RECIPES.update(ROUND3)
-RECIPES.update(ROUND4)
-RECIPES.update(ROUND5)
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}
+for later in (ROUND2, ROUND3, ROUND4, ROUND5):
+    RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 6
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
@@ -165,38 +164,33 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-def split3() -> dict:
-    """Round 3: every round-3 recipe is held out; every earlier recipe tunes (all were seen)."""
-    return {"rule": "round 3: every round-3 recipe is held out (written down and split before "
-                    "any of their runs existed); every round-1 and round-2 recipe tunes (all "
-                    "were seen: round 2's held-out half was probed in session 6); both lengths "
-                    "of a recipe in the same half",
-            "tuning": [*ROUND1, *ROUND2], "held_out": list(ROUND3)}
+# Rounds 3 to 5: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+LATER_RULES = {
+    3: "round 3: every round-3 recipe is held out (written down and split before any of their "
+       "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
+       "half was probed in session 6); both lengths of a recipe in the same half",
+    4: "round 4: every round-4 recipe is held out (written down and split before any of their "
+       "runs existed and before the round-4 rule change); every round-1, 2 and 3 recipe tunes "
+       "(all were seen: round 3's held-out half was probed in session 7); both lengths of a "
+       "recipe in the same half",
+    5: "round 5: every round-5 recipe is held out (written down and split before any of their "
+       "runs existed and before the round-5 rule change); every round-1 to 4 recipe tunes (all "
+       "were seen: round 4's held-out half was probed in session 7); both lengths of a recipe "
+       "in the same half",
+}
 
 
-def split4() -> dict:
-    """Round 4: every round-4 recipe is held out; every earlier recipe tunes (all were seen)."""
-    return {"rule": "round 4: every round-4 recipe is held out (written down and split before "
-                    "any of their runs existed and before the round-4 rule change); every "
-                    "round-1, 2 and 3 recipe tunes (all were seen: round 3's held-out half was "
-                    "probed in session 7); both lengths of a recipe in the same half",
-            "tuning": [*ROUND1, *ROUND2, *ROUND3], "held_out": list(ROUND4)}
-
-
-def split5() -> dict:
-    """Round 5: every round-5 recipe is held out; every earlier recipe tunes (all were seen)."""
-    return {"rule": "round 5: every round-5 recipe is held out (written down and split before "
-                    "any of their runs existed and before the round-5 rule change); every "
-                    "round-1 to 4 recipe tunes (all were seen: round 4's held-out half was "
-                    "probed in session 7); both lengths of a recipe in the same half",
-            "tuning": [*ROUND1, *ROUND2, *ROUND3, *ROUND4], "held_out": list(ROUND5)}
+def split_later(round_: int) -> dict:
+    """Rounds 3 to 5: the round's recipes held out, every earlier round's recipes tuning."""
+    earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
+    return {"rule": LATER_RULES[round_], "tuning": earlier,
+            "held_out": list(ROUND_RECIPES[round_])}
 
 
 def halves(round_: int) -> dict:
-    return {1: split, 2: split2, 3: split3, 4: split4, 5: split5}[round_]()
+    return split() if round_ == 1 else split2() if round_ == 2 else split_later(round_)
 
 
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}
 FROZEN_AT = {5: 4}  # round 5's held-out half is probed at round 4's frozen rules
 
 
@@ -310,8 +304,8 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
 
 
 def collect() -> dict:
-    record = {"split": split(), "split2": split2(), "split3": split3(), "split4": split4(),
-              "split5": split5(),
+    record = {"split": split(), "split2": split2(),
+              **{f"split{r}": split_later(r) for r in LATER_RULES},
               "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS,
