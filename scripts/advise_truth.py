@@ -61,6 +61,13 @@ Round 5 (`--round 5`, session 7): three more (ROUND5), written down after round 
 was probed and before the rule it showed wrong was changed (split5.json). The same commands with
 `--round 5`.
 
+Round 6 (`--round 6`, session 8): a larger truth set (BASE6, SETUP6: 4,000 images, width 8,
+base batch 16, B = 16 / 64 / 256, base lr k = 1..6, 4-epoch `short` and 30-epoch `long`), because
+in rounds 1-5 healthy runs stayed near chance for most of their epochs. Four recipes (ROUND6),
+one of each kind the issue names, written down before any of their runs existed; all held out
+(split6.json) and probed at round 4's frozen rules (c1e50bb), which saw none of this truth set.
+At B = 16 `n4k-group16` is `n4k-bn-warmup` (trained once). The same commands with `--round 6`.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -131,21 +138,47 @@ ROUND5 = {
     "rmsprop-a095-group4": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 4,
                             "rmsprop_alpha": 0.95},
 }
+# Round 6 (session 8): a larger truth set, because in rounds 1-5 a healthy run stayed near chance
+# for 3-5 of its 8 epochs (1,000 images: 8-125 steps an epoch), so a trial could not tell a slow
+# start from a collapse. 4,000 images at width 8 and base batch 16, B = 16 / 64 / 256 (15-250
+# steps an epoch): a pilot of an SGD whole-batch-BN run at base lr 0.05 reached 21% train
+# accuracy after its first epoch at B = 16 and 34-39% after four. Four recipes covering the
+# issue's four kinds, written down before any of their runs existed, all held out and probed at
+# the rules frozen in round 4 (c1e50bb), which were tuned on rounds 1-5's other truth set only.
+ROUND6 = {
+    "n4k-bn-warmup": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 0},
+    "n4k-group16": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 16},
+    "n4k-no-warmup": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0},
+    "n4k-rmsprop": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0},
+}
 ROUND1 = dict(RECIPES)
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5}
-for later in (ROUND2, ROUND3, ROUND4, ROUND5):
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6}
+for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6):
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
-GRID_POINTS = 6
+GRID_POINTS = 7
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
 LENGTHS = {"short": 4, "long": 30}
 LENGTHS2 = {"short": 8, "long": 30}  # round 2's run lengths
+BATCHES = [8, 32, 128]
+SEEDS = [0, 1]
+# Round 6's truth set: the settings that differ from rounds 1-5
+BASE6 = {**BASE, "train_subset": 4000, "width": 8, "base_batch_size": 16}
+SETUP = {"base": BASE, "batches": BATCHES, "short_points": SHORT_POINTS}
+SETUP6 = {"base": BASE6, "batches": [16, 64, 256], "short_points": range(1, 7)}
+
+
+def round_of(recipe: str) -> int:
+    return next(r for r, names in ROUND_RECIPES.items() if recipe in names)
+
+
+def setup_of(recipe: str) -> dict:
+    """The truth set a recipe belongs to: base settings, batch sizes, grid points of `short`."""
+    return SETUP6 if round_of(recipe) == 6 else SETUP
 
 
 def epochs_of(recipe: str, length: str) -> int:
-    return (LENGTHS if recipe in ROUND1 else LENGTHS2)[length]
-BATCHES = [8, 32, 128]
-SEEDS = [0, 1]
+    return (LENGTHS if round_of(recipe) in (1, 6) else LENGTHS2)[length]
 
 
 def grid(recipe: str) -> list[float]:
@@ -164,7 +197,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 5: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 6: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -177,11 +210,15 @@ LATER_RULES = {
        "runs existed and before the round-5 rule change); every round-1 to 4 recipe tunes (all "
        "were seen: round 4's held-out half was probed in session 7); both lengths of a recipe "
        "in the same half",
+    6: "round 6: a new truth set (4,000 images, width 8, base batch 16, B = 16/64/256); every "
+       "round-6 recipe is held out (written down and split before any of their runs existed) and "
+       "probed at round 4's frozen rules; every round-1 to 5 recipe (the other truth set) tuned "
+       "those rules; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 5: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 6: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -191,7 +228,7 @@ def halves(round_: int) -> dict:
     return split() if round_ == 1 else split2() if round_ == 2 else split_later(round_)
 
 
-FROZEN_AT = {5: 4}  # round 5's held-out half is probed at round 4's frozen rules
+FROZEN_AT = {5: 4, 6: 4}  # rounds 5 and 6 are probed at round 4's frozen rules
 
 
 def split() -> dict:
@@ -203,15 +240,19 @@ def split() -> dict:
             "tuning": ranked[:half], "held_out": ranked[half:]}
 
 
+# per-worker BN whose group is the base batch is whole-batch BN at the base batch
+SAME_AT_BASE = {"bn-group": "bn-warmup", "n4k-group16": "n4k-bn-warmup"}
+
+
 def run_dir(length: str, recipe: str, batch: int, lr: float, seed: int) -> Path:
-    if recipe == "bn-group" and batch == RECIPES["bn-group"]["bn_group"]:
-        recipe = "bn-warmup"  # the same computation
+    if recipe in SAME_AT_BASE and batch == RECIPES[recipe]["bn_group"]:
+        recipe = SAME_AT_BASE[recipe]  # the same computation
     return RUNS / length / recipe / f"b{batch}" / f"lr{lr:g}" / f"seed{seed}"
 
 
 def config_of(length: str, recipe: str, batch: int, lr: float, seed: int) -> dict:
-    return {**BASE, **RECIPES[recipe], "epochs": epochs_of(recipe, length), "batch_size": batch,
-            "lr": lr, "seed": seed}
+    return {**setup_of(recipe)["base"], **RECIPES[recipe], "epochs": epochs_of(recipe, length),
+            "batch_size": batch, "lr": lr, "seed": seed}
 
 
 def metrics_of(directory: Path) -> list[dict]:
@@ -245,7 +286,7 @@ def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None
 def long_lrs(recipe: str, batch: int) -> list[float] | None:
     """The long sweep's point at (recipe, B): the short sweep's largest training lr (None until
     the short cells are all done)."""
-    points = [grid(recipe)[k] for k in SHORT_POINTS]
+    points = [grid(recipe)[k] for k in setup_of(recipe)["short_points"]]
     outcomes = [cell_outcome("short", recipe, batch, lr) for lr in points]
     if any(o is None for o in outcomes):
         return None
@@ -257,17 +298,17 @@ def cells(length: str, batches: list[int] | None = None,
           recipes: list[str] | None = None) -> list[tuple]:
     out = []
     for recipe in recipes or RECIPES:
-        for batch in batches or BATCHES:
-            lrs = ([grid(recipe)[k] for k in SHORT_POINTS] if length == "short"
+        for batch in batches or setup_of(recipe)["batches"]:
+            lrs = ([grid(recipe)[k] for k in setup_of(recipe)["short_points"]] if length == "short"
                    else long_lrs(recipe, batch))
             if lrs is None:
                 raise SystemExit("the short sweep is not complete: run it first")
             for lr in lrs:
                 for seed in SEEDS:
                     cell = (length, recipe, batch, lr, seed)
-                    if recipe == "bn-group" and run_dir(*cell) == run_dir(length, "bn-warmup",
-                                                                           batch, lr, seed):
-                        continue  # trained under bn-warmup
+                    if recipe in SAME_AT_BASE and run_dir(*cell) == run_dir(
+                            length, SAME_AT_BASE[recipe], batch, lr, seed):
+                        continue  # trained under the whole-batch-BN recipe
                     out.append(cell)
     return out
 
@@ -308,18 +349,20 @@ def collect() -> dict:
               **{f"split{r}": split_later(r) for r in LATER_RULES},
               "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
-              "batches": BATCHES, "seeds": SEEDS,
-              "base": BASE, "recipes": RECIPES, "cells": []}
+              "batches": BATCHES, "seeds": SEEDS, "base": BASE,
+              "round6": {"base": BASE6, "batches": SETUP6["batches"], "recipes": list(ROUND6)},
+              "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
-            for batch in BATCHES:
+            base_batch = setup_of(recipe)["base"]["base_batch_size"]
+            for batch in setup_of(recipe)["batches"]:
                 for lr in grid(recipe):
                     outcome = cell_outcome(length, recipe, batch, lr)
                     if outcome is None:
                         continue
                     record["cells"].append({"length": length, "recipe": recipe, "batch": batch,
-                                            "lr": lr, "peak_lr": lr * batch / BASE[
-                                                "base_batch_size"], **outcome})
+                                            "lr": lr, "peak_lr": lr * batch / base_batch,
+                                            **outcome})
     from batchscale import files
     files.write_text(OUT / "outcomes.json", json.dumps(record, indent=1) + "\n")
     return record
@@ -342,9 +385,10 @@ def three_trial_budget(cfg: dict) -> int:
     from batchscale.analysis import advise
     from batchscale.config import from_dict
     recipe = from_dict(cfg)
-    plan = advise.plan_probe(recipe, BATCHES, BASE["train_subset"])
-    trials = sum(plan.trial_images(b) for b in BATCHES)
-    return max(int(0.1 * BASE["train_subset"] * recipe.epochs),
+    batches = SETUP6["batches"] if cfg["train_subset"] == BASE6["train_subset"] else BATCHES
+    plan = advise.plan_probe(recipe, batches, cfg["train_subset"])
+    trials = sum(plan.trial_images(b) for b in batches)
+    return max(int(0.1 * cfg["train_subset"] * recipe.epochs),
                plan.fixed_images(recipe.base_batch_size) + advise.DEFAULT_TRIALS * trials)
 
 
@@ -358,9 +402,11 @@ def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
     log = []
     for recipe in names:
         for length in lengths or LENGTHS:
-            cfg = config_of(length, recipe, BASE["base_batch_size"], grid(recipe)[ADVISE_K], 0)
+            setup = setup_of(recipe)
+            cfg = config_of(length, recipe, setup["base"]["base_batch_size"],
+                            grid(recipe)[ADVISE_K], 0)
             command = [sys.executable, "-m", "batchscale", "advise", "--batches",
-                       ",".join(map(str, BATCHES)), "--out",
+                       ",".join(map(str, setup["batches"])), "--out",
                        str(advise_dir(half, recipe, length, round_)), "--overwrite", "--quiet"]
             skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
             for key, value in cfg.items():
@@ -404,6 +450,10 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
     if low is None or high is None:
         return False
     return low <= m_high * factor * (1 + 1e-9) and high * factor * (1 + 1e-9) >= m_low
+
+
+SHORT_WORDS = {1: "4 epochs", 6: "4 epochs; the larger truth set: 4,000 images, width 8, base "
+                                "batch 16, B = 16 / 64 / 256"}
 
 
 def report(half: str, round_: int = 1) -> str:
@@ -460,7 +510,7 @@ def report(half: str, round_: int = 1) -> str:
              f"{' --three-trials' if VARIANT else ''}` from "
              f"`{advise_dir(half, 'x', 'y', round_).parent.relative_to(OUT)}/*/advice.json` and "
              f"the runs' summaries (round {round_}; short = "
-             f"{'4 epochs' if round_ == 1 else '4 epochs for round-1 recipes, 8 for later rounds'}"
+             f"{SHORT_WORDS.get(round_, '4 epochs for round-1 recipes, 8 for later rounds')}"
              f"; recipes: "
              f"{', '.join(names)}). Rules frozen at {frozen or 'unknown'} (the commit whose "
              f"message starts {marker}); the probes ran at "
@@ -514,9 +564,10 @@ def main() -> None:
     parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
     parser.add_argument("--three-trials", action="store_true",
                         help="advise, report: --budget-images of 3 trials per batch (no cap)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1, dest="round_",
+    parser.add_argument("--round", type=int, choices=[*ROUND_RECIPES], default=1, dest="round_",
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
-                             "3, 4, 5: session 7's three, three and three (split3-5.json)")
+                             "3, 4, 5: session 7's three, three and three (split3-5.json); "
+                             "6: session 8's four on the larger truth set (split6.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
