@@ -160,6 +160,9 @@ GRID_POINTS = 7
 SHORT_POINTS = range(1, 6)  # k of the short sweep (k = 0: extra cells where done)
 LENGTHS = {"short": 4, "long": 30}
 LENGTHS2 = {"short": 8, "long": 30}  # round 2's run lengths
+# probed, never swept: the cost of a probe for a recipe of >= 100 epochs (`advise --lengths
+# hundred`; the issue's "<= 10% of a run" target); no verdict is scored at this length
+PROBE_ONLY = {"hundred": 100}
 BATCHES = [8, 32, 128]
 SEEDS = [0, 1]
 # Round 6's truth set: the settings that differ from rounds 1-5
@@ -178,6 +181,8 @@ def setup_of(recipe: str) -> dict:
 
 
 def epochs_of(recipe: str, length: str) -> int:
+    if length in PROBE_ONLY:
+        return PROBE_ONLY[length]
     return (LENGTHS if round_of(recipe) in (1, 6) else LENGTHS2)[length]
 
 
@@ -464,8 +469,10 @@ def report(half: str, round_: int = 1) -> str:
     runs = json.loads((advise_dir(half, "x", "y", round_).parent / "runs.json").read_text())
     rows, brackets, costs, missing = [], [], [], []
     for recipe in names:
-        for length in LENGTHS:
+        for length in [*LENGTHS, *PROBE_ONLY]:
             path = advise_dir(half, recipe, length, round_) / "advice.json"
+            if length in PROBE_ONLY and not path.exists():
+                continue  # probed only where asked for
             if not path.exists():
                 missing.append(f"{recipe} {length}")
                 continue
@@ -495,7 +502,7 @@ def report(half: str, round_: int = 1) -> str:
     agree = sum(bool(b[-1]) for b in judged)
     tracebacks = sum(r["traceback"] for r in runs)
     failures = sum(r["returncode"] != 0 for r in runs)
-    short_costs = [c for c in costs if c[1] == "short"]
+    hundred = [c for c in costs if c[1] in PROBE_ONLY]
     import subprocess
     # round 5 probes round 4's frozen rules unchanged (no candidate beat them on the tuning half)
     frozen_round = FROZEN_AT.get(round_, round_)
@@ -525,9 +532,11 @@ def report(half: str, round_: int = 1) -> str:
              f"| measured boundary inside the bracket or within a factor 2 | ≥ 80% of "
              f"(recipe, B) | {agree}/{len(judged)} = {agree / max(len(judged), 1):.0%} |",
              "| probe cost | ≤ one run for < 10 epochs | " + "; ".join(
-                 f"{r} {ln}: {img} images = {frac:.0%} of a run" for r, ln, img, frac in costs)
-             + " |",
-             "| probe cost | ≤ 10% of a run for ≥ 100 epochs | no such recipe in the truth set |",
+                 f"{r} {ln}: {img} images = {frac:.0%} of a run" for r, ln, img, frac in costs
+                 if ln not in PROBE_ONLY) + " |",
+             "| probe cost | ≤ 10% of a run for ≥ 100 epochs | " + ("; ".join(
+                 f"{r} at 100 epochs (probed, not swept): {img} images = {frac:.1%} of a run"
+                 for r, ln, img, frac in hundred) or "no such recipe in the truth set") + " |",
              "| predicted steps vs measured | within 1.5× or removed | removed |",
              f"| tracebacks | 0 | {tracebacks} ({failures} non-zero exits of {len(runs)}) |"]
     if missing:
@@ -549,7 +558,6 @@ def report(half: str, round_: int = 1) -> str:
         f"report-round{round_}{VARIANT}.md" if half == "held_out"
         else f"report-round{round_}-tuning{VARIANT}.md")
     files.write_text(OUT / name, text)
-    del short_costs
     return text
 
 
@@ -561,7 +569,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--batches", help="run: only these batch sizes, e.g. 128,32")
     parser.add_argument("--recipes", help="run: only these recipes, e.g. bn-warmup,rmsprop")
-    parser.add_argument("--lengths", help="advise: only these lengths, e.g. short")
+    parser.add_argument("--lengths", help="advise: only these lengths, e.g. short; `hundred`: "
+                                           "a 100-epoch version of each recipe, for the probe's "
+                                           "cost only")
     parser.add_argument("--three-trials", action="store_true",
                         help="advise, report: --budget-images of 3 trials per batch (no cap)")
     parser.add_argument("--round", type=int, choices=[*ROUND_RECIPES], default=1, dest="round_",
