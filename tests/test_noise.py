@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from batchscale.engine import noise, noise_hook
+from batchscale.engine import noise, noise_hook, noise_stats
 from batchscale.engine.norm import GhostBatchNorm2d, set_group_size
 
 IMAGES, SMALL, BIG = 2048, 4, 16
@@ -58,7 +58,7 @@ def online(model, images, labels, every_group: bool, group_size: int, steps: int
     """What training's tracker reports after `steps` big batches of BIG images at the same
     parameters: p.grad is the step's gradient (BN over `group_size` images), then
     `observe_step` adds its small gradient(s)."""
-    small, big, _ = noise.measured_batches(group_size, BIG)
+    small, big, _ = noise_stats.measured_batches(group_size, BIG)
     tracker = noise.NoiseScaleTracker(small, big, decay=1 - 1e-7, every_group=every_group)
     set_group_size(model, group_size if group_size < BIG else 0)
     generator = torch.Generator().manual_seed(3)
@@ -85,7 +85,7 @@ def test_whole_batch_bn_measures_the_quarter_batch_function(problem):
     agrees with the brute force; the old pairing -- the step's own gradient, BN over 16, against
     one quarter's, BN over 4 -- compares two functions and misses it by far more."""
     model, images, labels, truth = problem
-    assert noise.measured_batches(BIG, BIG) == (SMALL, BIG, True)
+    assert noise_stats.measured_batches(BIG, BIG) == (SMALL, BIG, True)
     assert online(model, images, labels, every_group=True, group_size=BIG) == pytest.approx(
         truth, rel=0.08)
     old = online(model, images, labels, every_group=False, group_size=BIG, steps=500)
@@ -96,7 +96,7 @@ def test_per_worker_bn_pairs_the_step_with_one_of_its_groups(problem):
     """With BN groups of 4 the step's gradient is the mean of four group gradients, and one
     group (cycled) is the small batch: the same function, so the same value as the brute force."""
     model, images, labels, truth = problem
-    assert noise.measured_batches(SMALL, BIG) == (SMALL, BIG, False)
+    assert noise_stats.measured_batches(SMALL, BIG) == (SMALL, BIG, False)
     assert online(model, images, labels, every_group=False, group_size=SMALL) == pytest.approx(
         truth, rel=0.08)
 

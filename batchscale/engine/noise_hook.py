@@ -15,14 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from batchscale.engine.noise import (
-    MIN_SMALL_BATCH,
-    BackwardNorms,
-    NoiseScaleTracker,
-    fast_squared_norm,
-    measured_batches,
-    squared_norm,
-)
+from batchscale.engine.noise import BackwardNorms, NoiseScaleTracker, fast_squared_norm
+from batchscale.engine.noise_stats import MIN_SMALL_BATCH, measured_batches, squared_norm
 
 
 # ---------------------------------------------------------------------- the training hook
