@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from batchscale.engine import noise as noise_scale
-from batchscale.engine import noise_hook
+from batchscale.engine import noise_hook, noise_stats
 from batchscale.engine.data import Split, eval_batches
 from batchscale.engine.norm import set_group_size
 from batchscale.engine.optim import set_lr
@@ -93,7 +92,7 @@ def use_batch(setup: Setup, batch: int) -> None:
         noise = setup.noise
         noise.small_batch, noise.big_batch, noise.every_group = (
             (batch // workers, batch, False) if workers > 1
-            else noise_scale.measured_batches(cfg.bn_group or batch, batch))
+            else noise_stats.measured_batches(cfg.bn_group or batch, batch))
 
 
 def train_step(setup: Setup, images, labels):

@@ -17,13 +17,11 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from batchscale.config import HOW_FIELDS, TrainConfig, dump_yaml
+from batchscale.config import TrainConfig, dump_yaml
 from batchscale.engine import (
     checkpoint,
     collapse,
@@ -37,6 +35,7 @@ from batchscale.engine import (
 from batchscale.engine.data import EpochLoader
 from batchscale.engine.lock import FolderLock
 from batchscale.engine.optim import set_lr
+from batchscale.engine.resume import Position, checkpoint_state, restore
 from batchscale.engine.setup import Setup, build
 from batchscale.engine.step import (
     Meter,
@@ -46,7 +45,7 @@ from batchscale.engine.step import (
     run_step,
     use_batch,
 )
-from batchscale.errors import UserError
+from batchscale.engine.summary import class_count, summarize
 
 
 # ---------------------------------------------------------------------- stopping on a signal
@@ -114,130 +113,6 @@ class RunScale:
 
 
 # ---------------------------------------------------------------------- the run
-@dataclass
-class Position:
-    epoch: int = 0
-    step: int = 0  # step within the epoch
-    wall_s: float = 0.0
-    best_test_acc: float = 0.0
-    meter_state: dict | None = None
-    noise_state: dict | None = None  # the noise-scale moving averages
-    local_state: dict | None = None  # local SGD: workers 1..W-1's models and optimizers
-
-
-def checkpoint_state(setup: Setup, position: Position) -> dict:
-    return {"model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
-            "position": vars(position), "rng": checkpoint.rng_state(),
-            "config": setup.cfg.to_dict(), "world_size": setup.world_size}
-
-
-def restore(setup: Setup, run_dir: Path) -> Position:
-    """Load the checkpoint; with several workers rank 0 reads it and sends it to the others."""
-    state = distributed.from_rank0(lambda: read_checkpoint(setup, run_dir))
-    if state is None:
-        return Position()
-    try:
-        setup.model.load_state_dict(state["model"])
-        setup.optimizer.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"])
-        position = Position(**state["position"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as err:
-        raise UserError(f"{run_dir / checkpoint.NAME} does not fit this run's model and "
-                        f"optimizer: {err}".splitlines()[0]) from None
-    if setup.rank != 0:
-        position.meter_state = None  # the saved partial sums are all workers' already
-    return position
-
-
-CHECKPOINT_KEYS = ("model", "optimizer", "position", "rng")
-
-
-def read_checkpoint(setup: Setup, run_dir: Path) -> dict | None:
-    """The checkpoint in `run_dir` (None if there is none); metrics rows after it are dropped.
-    A checkpoint that is not a run's, or metrics shorter than the checkpoint, are refused."""
-    path = run_dir / checkpoint.NAME
-    checkpoint.remove_stale_temporaries(run_dir)
-    if not path.exists():
-        rundir.truncate_metrics(run_dir, 0)
-        return None
-    state = checkpoint.load(path)
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
-    if missing or not isinstance(state["position"], dict) or "epoch" not in state["position"]:
-        raise UserError(f"{path} is not a batchscale training checkpoint (it has no "
-                        f"{(missing or ['position.epoch'])[0]})")
-    check_same_config(run_dir, state.get("config"), setup.cfg)
-    if state.get("world_size", 1) != setup.world_size:
-        raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} workers; resume "
-                        f"it with as many (not {setup.world_size}): batch norm depends on it")
-    epoch, rows = state["position"]["epoch"], len(rundir.read_metrics(run_dir))
-    if rows < epoch:
-        raise UserError(f"{run_dir / rundir.METRICS} holds {rows} epoch rows but the checkpoint "
-                        f"is at epoch {epoch}: metrics were lost, so the run cannot be resumed "
-                        f"truthfully; start it again with --overwrite")
-    rundir.truncate_metrics(run_dir, epoch)
-    return state
-
-
-def check_same_config(run_dir: Path, saved: dict | None, cfg: TrainConfig) -> None:
-    """Refuse to resume when config.yaml no longer says what the checkpoint was trained with
-    (a hand edit): the run would go on as another recipe and be recorded as one. Fields that
-    change only how it is computed may differ, and epochs may grow on a schedule that
-    --extend-epochs can lengthen."""
-    if not isinstance(saved, dict):
-        return  # a checkpoint from before configs were saved in it
-    current = cfg.to_dict()
-    differing = [name for name, value in saved.items() if name in current
-                 and name not in HOW_FIELDS and current[name] != value]
-    if "epochs" in differing and isinstance(saved["epochs"], int) and (
-            saved["epochs"] < cfg.epochs
-            and cfg.schedule not in rundir.LENGTH_SHAPED_SCHEDULES):
-        differing.remove("epochs")  # an extension (rundir.extend_epochs checked it)
-    if differing:
-        shown = ", ".join(f"{name} ({current[name]!r} in {rundir.CONFIG}, {saved[name]!r} in "
-                          f"the checkpoint)" for name in differing[:5])
-        raise UserError(f"{run_dir / rundir.CONFIG} differs from the config the run was trained "
-                        f"with: {shown}; restore it, or train a new run into another directory")
-
-
-def summarize(setup: Setup, status: str, position: Position, rows: list[dict],
-              diverged_at_step: int | None = None, error: str | None = None) -> dict:
-    cfg, plan = setup.cfg, setup.plan
-    last = rows[-1] if rows else {}
-    collapsed = collapse.collapsed_at(rows, cfg, class_count(setup))
-    reason = None
-    if status == "diverged":
-        reason = collapse.NONFINITE if diverged_at_step is not None else collapse.REASON
-    elif status == "completed" and collapsed is not None:  # trained on past a collapse
-        status, reason = "diverged", collapse.REASON
-    if reason == collapse.REASON and collapsed is not None:  # the epoch's last step
-        diverged_at_step = collapsed * plan.steps_per_epoch - 1
-    return {
-        "status": status,
-        "reason": reason,
-        "collapsed_at_epoch": collapsed,
-        "final_test_acc": last.get("test_acc"),
-        "final_train_acc": last.get("train_acc"),
-        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
-        "epochs_completed": len(rows),
-        "diverged_at_step": diverged_at_step,
-        "peak_lr": cfg.peak_lr,
-        "warmup_steps": plan.warmup_steps,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "train_images": len(setup.train),
-        "test_images": len(setup.test),
-        "noise_scale_g": cfg.peak_lr * (len(setup.train) / cfg.batch_size - 1),
-        "wall_s": round(position.wall_s, 3),
-        "memory": memory(setup),
-        "error": error,
-        "environment": rundir.environment(setup.device, cfg.seed, setup.world_size),
-    }
-
-
-def class_count(setup: Setup) -> int:
-    """The number of classes the run trains on (chance accuracy is its inverse)."""
-    return int(setup.train.labels.max().item()) + 1 if len(setup.train) else 10
-
-
 def has_collapsed(setup: Setup, run_dir: Path) -> bool:
     """Whether the run's metrics so far meet the collapse rule (rank 0 reads, all agree)."""
     return distributed.from_rank0(lambda: collapse.collapsed_at(
@@ -256,20 +131,6 @@ def pause_for_test(epoch: int, stop: StopFlag) -> None:
     deadline = time.monotonic() + PAUSE_LIMIT_S
     while not stop.signum and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-def memory(setup: Setup) -> dict:
-    """The resident data set's bytes (uint8 images + labels, held once on the training
-    device) and the peak memory of this process: host RSS and, on CUDA, allocated device memory."""
-    import resource
-
-    data = sum(t.element_size() * t.nelement() for split in (setup.train, setup.test)
-               for t in (split.images, split.labels))
-    peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-    report = {"data_mb": round(data / 2**20, 2), "peak_host_rss_mb": round(peak_rss_kb / 1024, 1)}
-    if setup.device.type == "cuda":
-        report["peak_device_mb"] = round(torch.cuda.max_memory_allocated(setup.device) / 2**20, 1)
-    return report
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
