@@ -15,7 +15,8 @@ import pytest
 from batchscale.engine import rundir
 from batchscale.engine.train import PAUSE_ENV
 from batchscale.study.expand import Run
-from batchscale.study.launchers import read_jobs, sbatch_script, status_table, submit, train_job
+from batchscale.study.jobs import read_jobs, status_table
+from batchscale.study.launchers import sbatch_script, submit, train_job
 
 from conftest import PATIENCE_S, ROOT, tiny_config
 

@@ -29,7 +29,7 @@ import pytest
 
 from batchscale.cli import main
 from batchscale.engine import rundir
-from batchscale.study import launchers
+from batchscale.study import jobs, launchers
 from batchscale.study.expand import Run
 
 from conftest import ROOT, tiny_config
@@ -91,7 +91,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 
 def squeue() -> dict[str, str]:
-    return launchers.slurm_queue()
+    return jobs.slurm_queue()
 
 
 def wait_until(predicate, what: str, timeout: float = TIMEOUT_S, poll: float = 0.2):
@@ -137,7 +137,7 @@ class Preempter(threading.Thread):
                     rows = len(rundir.read_metrics(directory))
                     if (name not in self.signalled and rows >= 1
                             and (directory / "checkpoint.pt").exists()):
-                        job_id = launchers.read_jobs(out)[self.train_run.directory]["job_id"]
+                        job_id = jobs.read_jobs(out)[self.train_run.directory]["job_id"]
                         self.signalled[name] = (rows, status_of(out, self.train_run.directory))
                         subprocess.run([*PREEMPTIONS[name], job_id], check=True,
                                        capture_output=True, timeout=60)
@@ -188,8 +188,8 @@ def studies(cluster, tmp_path_factory):
             process.terminate()
             process.wait()
     leftover = [j for out in [study, *preempted.values()]
-                for j in launchers.read_jobs(out).values()
-                if squeue().get(j["job_id"], launchers.ENDED) in launchers.ACTIVE_STATES]
+                for j in jobs.read_jobs(out).values()
+                if squeue().get(j["job_id"], jobs.ENDED) in jobs.ACTIVE_STATES]
     if leftover:
         subprocess.run(["scancel", *[j["job_id"] for j in leftover]], check=False)
 
@@ -203,7 +203,7 @@ def references_done(studies) -> None:
 
 def study_jobs(out: Path) -> list[str]:
     """Every job id the study ever had, earlier ones included."""
-    records = launchers.read_jobs(out).values()
+    records = jobs.read_jobs(out).values()
     return [j for r in records for j in [r["job_id"], *r.get("earlier_jobs", [])]]
 
 
@@ -223,12 +223,12 @@ def test_cpu_study_is_submitted_without_gres_and_with_its_threads(studies):
 
 def test_rerun_while_running_submits_nothing_and_labels_running_jobs(studies):
     study = studies["study"]
-    before = launchers.read_jobs(study)
+    before = jobs.read_jobs(study)
     wait_until(lambda: "RUNNING" in {squeue().get(r["job_id"]) for r in before.values()},
                "a job of the study to run")
     code, stdout, stderr = cli(*STUDY, "--out", str(study), "--launcher", "slurm")
     assert code == 0, stderr
-    assert launchers.read_jobs(study) == before  # nothing submitted again
+    assert jobs.read_jobs(study) == before  # nothing submitted again
     lines = stdout.splitlines()
     running = [ln for ln in lines if ": running (job " in ln]
     queued = [ln for ln in lines if ": queued (job " in ln]
@@ -268,12 +268,12 @@ def test_a_task_cancelled_while_pending_is_seen_and_resubmitted_behind_the_array
     """sacct has no row for an array task cancelled while pending: squeue decides. The rerun
     resubmits it at once, as a job that waits for the study's array (parallelism 1 holds)."""
     study = studies["study"]
-    records = launchers.read_jobs(study)
+    records = jobs.read_jobs(study)
     name, record = list(records.items())[-1]  # the array's last task: pending behind %1
     assert squeue().get(record["job_id"]) == "PENDING", squeue()
     subprocess.run(["scancel", record["job_id"]], check=True)
-    wait_until(lambda: squeue().get(record["job_id"], launchers.ENDED) not in
-               launchers.ACTIVE_STATES, "the cancelled task to leave the queue")
+    wait_until(lambda: squeue().get(record["job_id"], jobs.ENDED) not in
+               jobs.ACTIVE_STATES, "the cancelled task to leave the queue")
     code, table, _ = cli("study", "demo", "--out", str(study), "--status")
     row = next(ln for ln in table.splitlines() if ln.startswith(name))
     assert "queued" not in row and "not started" in row, table
@@ -281,7 +281,7 @@ def test_a_task_cancelled_while_pending_is_seen_and_resubmitted_behind_the_array
                                "--gpus-per-run", "0")
     assert code == 0, stderr
     assert f"{name}: submitted (job " in stdout and "1 submitted" in stdout
-    new = launchers.read_jobs(study)[name]
+    new = jobs.read_jobs(study)[name]
     assert new["earlier_jobs"] == [record["job_id"]] and new["job_id"] != record["job_id"]
     assert new["array_parallelism"] == 1  # the study's, though this rerun did not give it
     array = record["job_id"].split("_")[0]
@@ -293,19 +293,19 @@ def test_a_task_cancelled_while_pending_is_seen_and_resubmitted_behind_the_array
 
 def test_parallelism_holds_for_the_study_and_it_completes_like_a_local_study(studies):
     study = studies["study"]
-    jobs = study_jobs(study)
+    job_ids = study_jobs(study)
     most = 0
 
     def finished() -> bool:
         nonlocal most
         states = squeue()
-        most = max(most, sum(states.get(j) == "RUNNING" for j in jobs))
-        return not any(states.get(j, launchers.ENDED) in launchers.ACTIVE_STATES for j in jobs)
+        most = max(most, sum(states.get(j) == "RUNNING" for j in job_ids))
+        return not any(states.get(j, jobs.ENDED) in jobs.ACTIVE_STATES for j in job_ids)
 
     wait_until(finished, "the study's jobs to end", poll=0.1)
     assert most == 1  # --slurm-array-parallelism 1, across the two submissions
     references_done(studies)
-    runs = [r for r in launchers.read_jobs(study)]
+    runs = [r for r in jobs.read_jobs(study)]
     assert len(runs) == 4
     for run in runs:
         assert status_of(study, run) == "completed", logs(study)
@@ -317,11 +317,11 @@ def test_parallelism_holds_for_the_study_and_it_completes_like_a_local_study(stu
     command = next(ln for ln in log.read_text().splitlines() if "batchscale job:" in ln)
     assert command.split().count("--threads") == 1 and command.endswith("--threads 1")
     # after completion: a rerun skips every run, --wait reports at once
-    before = launchers.read_jobs(study)
+    before = jobs.read_jobs(study)
     code, stdout, stderr = cli(*STUDY, "--out", str(study), "--launcher", "slurm", "--wait")
     assert code == 0, stderr
     assert "runs: 4 skipped" in stdout and "report:" in stdout
-    assert launchers.read_jobs(study) == before
+    assert jobs.read_jobs(study) == before
 
 
 # ---------------------------------------------------------------------- preemption
@@ -334,11 +334,11 @@ def preempted_like_the_reference(studies, name: str) -> Path:
     assert watcher.error is None, watcher.error
     rows, status = watcher.signalled[name]
     assert rows >= 1 and status is None  # signalled after epoch 1, before the end
-    job_id = launchers.read_jobs(out)[run.directory]["job_id"]
+    job_id = jobs.read_jobs(out)[run.directory]["job_id"]
     wait_until(lambda: status_of(out, run.directory) == "completed" and
-               squeue().get(job_id, launchers.ENDED) not in launchers.ACTIVE_STATES,
+               squeue().get(job_id, jobs.ENDED) not in jobs.ACTIVE_STATES,
                f"{name}: the run to complete")
-    assert launchers.read_jobs(out)[run.directory]["job_id"] == job_id  # requeued, same job
+    assert jobs.read_jobs(out)[run.directory]["job_id"] == job_id  # requeued, same job
     log = logs(out)
     commands = [ln for ln in log.splitlines() if ln.startswith("batchscale job: ")
                 and " train --out " in ln]
@@ -404,7 +404,7 @@ def test_a_damaged_jobs_file_is_one_line(tmp_path, text, problem):
     (out / "jobs.json").write_text(text)
     run = Run("r", 16, 0, tiny_config(), "r/b16/seed0")
     with pytest.raises(launchers.UserError, match=problem) as caught:
-        launchers.status_table([run], out)
+        jobs.status_table([run], out)
     assert "\n" not in str(caught.value)
 
 
@@ -436,17 +436,17 @@ def test_without_accounting_states_come_from_squeue_and_nothing_is_submitted_twi
     executor = launchers.slurm_executor(out, "cpu", 30, 0, 1, cpus=1)
     first = launchers.submit(runs, out, executor, gpus=0)
     assert first["submitted"] == [r.directory for r in runs]
-    records = launchers.read_jobs(out)
-    table = launchers.status_table(runs, out)
+    records = jobs.read_jobs(out)
+    table = jobs.status_table(runs, out)
     assert "queued" in table  # parallelism 1: the second waits
     again = launchers.submit(runs, out, launchers.slurm_executor(out, "cpu", 30, 0, 1, cpus=1),
                              gpus=0)
     assert "jobs" not in again and len(again["running"]) + len(again["queued"]) == 2
-    assert launchers.read_jobs(out) == records
-    jobs = [r["job_id"] for r in records.values()]
-    wait_until(lambda: not any(squeue().get(j, launchers.ENDED) in launchers.ACTIVE_STATES
-                               for j in jobs), "the jobs to end")
-    table = launchers.status_table(runs, out)
+    assert jobs.read_jobs(out) == records
+    job_ids = [r["job_id"] for r in records.values()]
+    wait_until(lambda: not any(squeue().get(j, jobs.ENDED) in jobs.ACTIVE_STATES
+                               for j in job_ids), "the jobs to end")
+    table = jobs.status_table(runs, out)
     assert table.count("completed (test acc") == 2, table
     last = launchers.submit(runs, out, launchers.slurm_executor(out, "cpu", 30, 0, 1, cpus=1),
                             gpus=0)

@@ -8,9 +8,7 @@
 The study folder stays the unit of truth: `<out>/study.yaml` is its plan (`--status` and reruns
 read it) and each submission is recorded in `<out>/jobs.json` (written atomically). A rerun
 skips completed and diverged runs, leaves alone runs whose job is still queued or running and
-submits the others, resuming those that hold a checkpoint. Whether a job is queued or running
-is asked of the controller's live queue (`squeue`), never of accounting (`sacct`): a task
-cancelled while pending has no sacct row, and a cluster may have no accounting at all. Several
+submits the others, resuming those that hold a checkpoint (job states: study/jobs.py). Several
 runs go as one job array; while earlier jobs of the study are queued or running, a new array
 waits for them (`--dependency=afterany`), so `--slurm-array-parallelism` holds for the study.
 Each job asks for the CPUs its run uses (threads x workers); `--gpus-per-run 0` (the default on
@@ -27,10 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import pwd
-import re
 import shlex
 import shutil
 import signal
@@ -48,22 +43,28 @@ from batchscale.engine import checkpoint, rundir, tensorboard
 from batchscale.errors import UserError
 from batchscale.results.report import write_report
 from batchscale.study.expand import PLAN_FILE, Run, unique_runs
+from batchscale.study.jobs import (
+    ACTIVE_STATES,
+    first_error,
+    job_state,
+    read_jobs,
+    slurm_queue,
+    status_hint,
+    status_table,
+    study_parallelism,
+    summary_of,
+    wait_for_jobs,
+    write_jobs,
+)
 
 try:
     import submitit
 except ImportError:  # the slurm extra is optional
     submitit = None
 
-JOBS_FILE = "jobs.json"
 JOBS_FOLDER = "slurm"  # submitit's scripts, pickles and logs, under the study folder
 STOP_WAIT_S = 80.0  # a preempted run's time to reach its next step and save (SLURM gives 90 s)
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                 "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT",
-                 "RESV_DEL_HOLD", "POWER_UP_NODE"}
-ENDED = "ENDED"  # the job is no longer in the controller's queue
 DEFAULT_PARALLELISM = 256
-WAIT_POLL_S = 10.0
-JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")  # a job, or an array task
 MISSING = ("--launcher slurm needs the submitit package: pip install 'batchscale[slurm]' "
            "(or pip install submitit)")
 SLURM_ONLY = ("slurm_partition", "slurm_time", "gpus_per_run", "slurm_array_parallelism",
@@ -120,7 +121,7 @@ class TrainJob:
         self._waiter.start()
         self._waiter.join()
         code = self._process.returncode
-        status = _summary(Path(self.run_dir)).get("status", "failed")
+        status = summary_of(Path(self.run_dir)).get("status", "failed")
         if code and status != "interrupted":
             raise RuntimeError(f"batchscale train exited with {code}: status {status}")
         return {"run_dir": self.run_dir, "status": status, "exit_code": code}
@@ -154,11 +155,6 @@ def _without_option(flags: list[str], option: str) -> list[str]:
 
 def _ignore_usr2() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
-def _summary(run_dir: Path) -> dict:
-    path = run_dir / rundir.SUMMARY
-    return rundir.read_json(path) if path.exists() else {}
 
 
 def train_job(run: Run, out: Path, gpus: int) -> TrainJob:
@@ -267,110 +263,8 @@ def _submit_all(executor, jobs: list[TrainJob]) -> list:
                 path.unlink()
         if not existed and folder.exists():
             folder.rmdir()
-        raise UserError(f"sbatch refused the jobs: {_first_error(str(err), errors.getvalue())}"
+        raise UserError(f"sbatch refused the jobs: {first_error(str(err), errors.getvalue())}"
                         ) from None
-
-
-def _first_error(*texts: str) -> str:
-    lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if "error:" in line:
-            return line.split("error:", 1)[1].strip()
-    return lines[0] if lines else "no message"
-
-
-# ---------------------------------------------------------------------- jobs.json
-def read_jobs(out: Path) -> dict:
-    """`<out>/jobs.json`, checked: a damaged file is one line, never a traceback."""
-    path = out / JOBS_FILE
-    if not path.exists():
-        return {}
-    try:
-        records = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; restore it, or remove it (then its jobs "
-                        "are no longer tracked)") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); restore "
-                        "it, or remove it (then its jobs are no longer tracked)") from None
-    if not isinstance(records, dict):
-        raise UserError(f"{path} must hold an object of run directory -> job record")
-    for name, record in records.items():
-        problem = _record_problem(record)
-        if problem:
-            raise UserError(f"{path}: the record of {name} {problem}")
-        record["job_id"] = str(record["job_id"])
-    return records
-
-
-def _record_problem(record) -> str | None:
-    if not isinstance(record, dict):
-        return "is not an object"
-    job_id = record.get("job_id")
-    if isinstance(job_id, bool) or not isinstance(job_id, str | int) or not JOB_ID.match(
-            str(job_id)):
-        return f"has job_id {job_id!r}, not a job id (digits, or digits_digits for a task)"
-    if record.get("executor") not in ("local", "slurm"):
-        return f"has executor {record.get('executor')!r}, not 'local' or 'slurm'"
-    if record["executor"] == "local" and not str(job_id).isdigit():
-        return f"has job_id {job_id!r}, not a process id"
-    if not isinstance(record.get("submitted"), int | float) or isinstance(
-            record.get("submitted"), bool):
-        return "has no number 'submitted'"
-    if not isinstance(record.get("folder"), str):
-        return "has no 'folder'"
-    earlier = record.get("earlier_jobs", [])
-    if not isinstance(earlier, list) or not all(
-            isinstance(j, str | int) and JOB_ID.match(str(j)) for j in earlier):
-        return "has 'earlier_jobs' that are not job ids"
-    return None
-
-
-def write_jobs(out: Path, jobs: dict) -> None:
-    text = json.dumps(jobs, indent=2) + "\n"
-    files.write_text(out / JOBS_FILE, text)
-
-
-# ---------------------------------------------------------------------- job states
-def slurm_queue() -> dict[str, str]:
-    """The controller's live queue of this user's jobs: job id (`A_T` for an array task) ->
-    state (PENDING, RUNNING, ..., or a final one for a job that ended minutes ago)."""
-    user = pwd.getpwuid(os.getuid()).pw_name
-    command = ["squeue", "--noheader", "--array", "--user", user, "--format", "%i|%T"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise UserError(f"squeue failed ({err}): cannot tell which jobs are queued") from None
-    if done.returncode:
-        raise UserError(f"squeue failed: {_first_error(done.stderr, done.stdout)}; cannot tell "
-                        "which jobs are queued")
-    return dict(line.split("|", 1) for line in done.stdout.split() if "|" in line)
-
-
-def job_state(record: dict, queue: dict[str, str] | None = None) -> str:
-    """The scheduler's word for a recorded job, in capitals: for SLURM its state in the live
-    queue (`queue`, asked of squeue when not given), ENDED once it left the queue."""
-    if record["executor"] == "local":  # a local job's id is its controller's process id
-        return "RUNNING" if _submitit_process(int(record["job_id"])) else "FINISHED"
-    if queue is None:
-        queue = slurm_queue()
-    return queue.get(record["job_id"], ENDED)
-
-
-def _submitit_process(pid: int) -> bool:
-    try:
-        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def active(record: dict | None, queue: dict[str, str] | None = None) -> bool:
-    return record is not None and job_state(record, queue) in ACTIVE_STATES
-
-
-def queue_for(records: dict) -> dict[str, str] | None:
-    """The live queue when any record is a SLURM job (one squeue for a whole table)."""
-    return slurm_queue() if any(r["executor"] == "slurm" for r in records.values()) else None
 
 
 # ---------------------------------------------------------------------- submitting
@@ -387,7 +281,7 @@ def submit(runs: list[Run], out: Path, executor, gpus: int = 1) -> dict[str, lis
         directory = out / run.directory
         record = records.get(run.directory)
         state = job_state(record, queue) if record else None
-        if _summary(directory).get("status") in rundir.FINAL_STATUSES:
+        if summary_of(directory).get("status") in rundir.FINAL_STATUSES:
             outcome["skipped"].append(run.directory)
         elif state in ACTIVE_STATES:
             outcome["running" if state == "RUNNING" else "queued"].append(run.directory)
@@ -413,13 +307,6 @@ def submit(runs: list[Run], out: Path, executor, gpus: int = 1) -> dict[str, lis
     write_jobs(out, records)
     outcome["jobs"] = pending
     return outcome
-
-
-def study_parallelism(out: Path) -> int | None:
-    """The array parallelism the study's jobs were submitted with (the smallest)."""
-    given = [r["array_parallelism"] for r in read_jobs(out).values()
-             if isinstance(r.get("array_parallelism"), int)]
-    return min(given) if given else None
 
 
 def check_private(out: Path) -> None:
@@ -449,44 +336,6 @@ def default_gpus(runs: list[Run], partition: str | None) -> int:
     return 1 if any("gpu" in g for g in chosen) else 0
 
 
-# ---------------------------------------------------------------------- --status
-def run_status(run: Run, out: Path, record: dict | None, queue: dict | None = None) -> str:
-    """queued / running at epoch e / completed / diverged / failed / interrupted / ..."""
-    directory = out / run.directory
-    summary = _summary(directory)
-    status = summary.get("status")
-    done = len(rundir.read_metrics(directory))
-    if status == "completed":
-        return f"completed (test acc {summary['final_test_acc']:.4f})"
-    if status == "diverged":
-        return f"diverged at step {summary['diverged_at_step']}"
-    state = job_state(record, queue) if record else None
-    if state == "RUNNING":
-        return f"running at epoch {min(done + 1, run.cfg.epochs)}/{run.cfg.epochs}"
-    if state in ACTIVE_STATES:
-        return "queued"
-    ended = f" (job {state.lower()})" if state not in (None, ENDED, "FINISHED",
-                                                        "COMPLETED") else ""
-    if status in ("failed", "interrupted"):
-        return f"{status} after epoch {done}/{run.cfg.epochs}{ended}"
-    if (directory / rundir.CONFIG).exists():
-        return f"unfinished after epoch {done}/{run.cfg.epochs}{ended}"
-    return "not started" + ended
-
-
-def status_table(runs: list[Run], out: Path) -> str:
-    records = read_jobs(out)
-    queue = queue_for(records)
-    rows = [["run", "state", "job"]]
-    for run in unique_runs(runs):
-        record = records.get(run.directory)
-        rows.append([run.directory, run_status(run, out, record, queue),
-                     record["job_id"] if record else "-"])
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
-
-
 # ---------------------------------------------------------------------- command line
 def check_options(args, runs: list[Run]) -> None:
     """The launcher options fit together and the extras they need are installed."""
@@ -503,16 +352,6 @@ def check_options(args, runs: list[Run]) -> None:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {least}")
     for run in runs:
         tensorboard.check(run.cfg)
-
-
-def status_hint(args, out: Path) -> str:
-    """The command that shows the study's state, with the options that chose its runs."""
-    words = ["batchscale", "study", args.preset, "--out", str(out)]
-    for pair in args.set or []:
-        words += ["--set", pair]
-    if args.seeds is not None:
-        words += ["--seeds", str(args.seeds)]
-    return " ".join(shlex.quote(w) for w in [*words, "--status"])
 
 
 def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
@@ -554,14 +393,8 @@ def launcher_command(args, runs: list[Run], out: Path, plan: dict) -> int:
     wait_for_jobs([records[n]["job_id"] for k in ("submitted", "resumed", "running", "queued")
                    for n in outcome[k]])
     print(status_table(runs, out))
-    if all(_summary(out / r.directory).get("status") in rundir.FINAL_STATUSES
+    if all(summary_of(out / r.directory).get("status") in rundir.FINAL_STATUSES
            for r in unique_runs(runs)):
         print(f"report: {write_report(out)}")
         return 0
     return 1
-
-
-def wait_for_jobs(job_ids: list[str], poll_s: float = WAIT_POLL_S) -> None:
-    """Until none of the jobs is queued or running (asked of squeue)."""
-    while any(slurm_queue().get(job_id, ENDED) in ACTIVE_STATES for job_id in job_ids):
-        time.sleep(poll_s)
