@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from batchscale.engine import distributed, noise, noise_hook, rundir
+from batchscale.config import config_flags
+from batchscale.engine import distributed, launch, noise, noise_hook, rundir
 from batchscale.engine.data import EpochLoader, balanced_subset, load_dataset
 from batchscale.engine.optim import set_lr
 from batchscale.engine.setup import build
@@ -79,7 +80,7 @@ def config(data: str, **overrides):
 
 def cli_args(cfg, out: Path, *extra: str) -> list[str]:
     return ["-m", "batchscale", "train", "--out", str(out), "--quiet",
-            *distributed.config_flags(cfg), *extra]
+            *config_flags(cfg), *extra]
 
 
 # ---------------------------------------------------------------------- one step, in float64
@@ -447,7 +448,7 @@ def test_a_worker_that_stops_as_asked_does_not_cut_the_others_short(tmp_path):
                for delay in (0.0, 1.5)]
     assert [w.stdout.readline().strip() for w in workers] == ["ready", "ready"]
     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    code, received = distributed._wait_all(workers)
+    code, received = launch.wait_all(workers)
     assert received == [signal.SIGTERM] and code == 128 + signal.SIGTERM
     assert [w.returncode for w in workers] == [143, 143]
     assert (tmp_path / "done1.5").read_text() == "whole"

@@ -27,6 +27,7 @@ from batchscale.engine import (
     collapse,
     distributed,
     graphs,
+    launch,
     localsgd,
     noise_hook,
     rundir,
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         if resume and speaks_for_run_dir():
             rundir.extend_epochs(run_dir, cfg, extend_epochs)
         if cfg.workers and not distributed.launched():
-            return distributed.launch(cfg, run_dir, resume=resume, overwrite=overwrite,
+            return launch.launch(cfg, run_dir, resume=resume, overwrite=overwrite,
                                       quiet=quiet)
         with distributed.process_group(cfg) as world:
             return run(cfg, run_dir, world, resume=resume, overwrite=overwrite, quiet=quiet,
