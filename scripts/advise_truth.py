@@ -68,6 +68,11 @@ one of each kind the issue names, written down before any of their runs existed;
 (split6.json) and probed at round 4's frozen rules (c1e50bb), which saw none of this truth set.
 At B = 16 `n4k-group16` is `n4k-bn-warmup` (trained once). The same commands with `--round 6`.
 
+Round 7 (`--round 7`, session 8): three more recipes on the larger truth set (ROUND7), written
+down and split (split7.json, all held out) after a preview score of round 6's short cells and
+before any rule was tuned on round 6. Their sweeps may run before the rules they are probed at
+are frozen; the probe runs once, after the freeze.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -151,9 +156,20 @@ ROUND6 = {
     "n4k-no-warmup": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0},
     "n4k-rmsprop": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0},
 }
+# Round 7 (session 8): three more on the larger truth set, written down and split after a preview
+# score of round 6's short cells and before any rule was tuned on round 6; swept in session 8, to
+# be probed once at rules tuned on rounds 1-6 (none yet).
+ROUND7 = {
+    "n4k-group4-warmup2": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 4},
+    "n4k-nesterov-poly": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 1,
+                          "bn_group": 0, "schedule": "poly"},
+    "n4k-rmsprop-a09-group8": {"optimizer": "rmsprop", "rmsprop_alpha": 0.9, "warmup_epochs": 1,
+                               "bn_group": 8},
+}
 ROUND1 = dict(RECIPES)
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6}
-for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6):
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7}
+LARGER = (6, 7)  # the rounds on the larger truth set (BASE6, SETUP6)
+for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7):
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 7
@@ -177,13 +193,13 @@ def round_of(recipe: str) -> int:
 
 def setup_of(recipe: str) -> dict:
     """The truth set a recipe belongs to: base settings, batch sizes, grid points of `short`."""
-    return SETUP6 if round_of(recipe) == 6 else SETUP
+    return SETUP6 if round_of(recipe) in LARGER else SETUP
 
 
 def epochs_of(recipe: str, length: str) -> int:
     if length in PROBE_ONLY:
         return PROBE_ONLY[length]
-    return (LENGTHS if round_of(recipe) in (1, 6) else LENGTHS2)[length]
+    return (LENGTHS if round_of(recipe) in (1, *LARGER) else LENGTHS2)[length]
 
 
 def grid(recipe: str) -> list[float]:
@@ -202,7 +218,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 6: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 7: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -219,11 +235,14 @@ LATER_RULES = {
        "round-6 recipe is held out (written down and split before any of their runs existed) and "
        "probed at round 4's frozen rules; every round-1 to 5 recipe (the other truth set) tuned "
        "those rules; both lengths of a recipe in the same half",
+    7: "round 7: three more recipes on round 6's larger truth set, all held out (written down "
+       "and split after a preview score of round 6's short cells and before any rule was tuned "
+       "on round 6); every round-1 to 6 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 6: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 7: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -355,7 +374,8 @@ def collect() -> dict:
               "lengths": LENGTHS, "lengths2": LENGTHS2,
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS, "base": BASE,
-              "round6": {"base": BASE6, "batches": SETUP6["batches"], "recipes": list(ROUND6)},
+              "larger": {"base": BASE6, "batches": SETUP6["batches"],
+                         "recipes": [*ROUND6, *ROUND7]},
               "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
@@ -457,8 +477,9 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
     return low <= m_high * factor * (1 + 1e-9) and high * factor * (1 + 1e-9) >= m_low
 
 
-SHORT_WORDS = {1: "4 epochs", 6: "4 epochs; the larger truth set: 4,000 images, width 8, base "
-                                "batch 16, B = 16 / 64 / 256"}
+LARGER_WORDS = ("4 epochs; the larger truth set: 4,000 images, width 8, base batch 16, "
+                "B = 16 / 64 / 256")
+SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS}
 
 
 def report(half: str, round_: int = 1) -> str:
@@ -577,7 +598,8 @@ def main() -> None:
     parser.add_argument("--round", type=int, choices=[*ROUND_RECIPES], default=1, dest="round_",
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
                              "3, 4, 5: session 7's three, three and three (split3-5.json); "
-                             "6: session 8's four on the larger truth set (split6.json)")
+                             "6, 7: session 8's four and three on the larger truth set "
+                             "(split6.json, split7.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
