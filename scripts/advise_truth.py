@@ -70,8 +70,8 @@ At B = 16 `n4k-group16` is `n4k-bn-warmup` (trained once). The same commands wit
 
 Round 7 (`--round 7`, session 8): three more recipes on the larger truth set (ROUND7), written
 down and split (split7.json, all held out) after a preview score of round 6's short cells and
-before any rule was tuned on round 6. Their sweeps may run before the rules they are probed at
-are frozen; the probe runs once, after the freeze.
+before any rule was tuned on round 6. No rule was tuned after round 6 either: round 7 is probed
+once at round 4's rules (c1e50bb), a second held-out check on the larger truth set.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -157,8 +157,8 @@ ROUND6 = {
     "n4k-rmsprop": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0},
 }
 # Round 7 (session 8): three more on the larger truth set, written down and split after a preview
-# score of round 6's short cells and before any rule was tuned on round 6; swept in session 8, to
-# be probed once at rules tuned on rounds 1-6 (none yet).
+# score of round 6's short cells and before any rule was tuned on round 6; no rule was tuned
+# after round 6 either, so round 7 is a second held-out check of round 4's rules (c1e50bb).
 ROUND7 = {
     "n4k-group4-warmup2": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 4},
     "n4k-nesterov-poly": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 1,
@@ -252,7 +252,7 @@ def halves(round_: int) -> dict:
     return split() if round_ == 1 else split2() if round_ == 2 else split_later(round_)
 
 
-FROZEN_AT = {5: 4, 6: 4}  # rounds 5 and 6 are probed at round 4's frozen rules
+FROZEN_AT = {5: 4, 6: 4, 7: 4}  # rounds 5 to 7 are probed at round 4's frozen rules
 
 
 def split() -> dict:
