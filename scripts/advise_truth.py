@@ -404,13 +404,12 @@ def advise_dir(half: str, recipe: str, length: str, round_: int = 1) -> Path:
             / f"{recipe}-{length}")
 
 
-def three_trial_budget(cfg: dict) -> int:
+def three_trial_budget(cfg: dict, batches: list[int]) -> int:
     """The budget of DEFAULT_TRIALS trials per batch without the default's cap (the default
     before round 2): the fixed pieces plus 3 trials per batch, at least a tenth of a run."""
     from batchscale.analysis import advise
     from batchscale.config import from_dict
     recipe = from_dict(cfg)
-    batches = SETUP6["batches"] if cfg["train_subset"] == BASE6["train_subset"] else BATCHES
     plan = advise.plan_probe(recipe, batches, cfg["train_subset"])
     trials = sum(plan.trial_images(b) for b in batches)
     return max(int(0.1 * cfg["train_subset"] * recipe.epochs),
@@ -439,7 +438,7 @@ def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
                     continue
                 command += [f"--{key.replace('_', '-')}", str(value)]
             if VARIANT:
-                command += ["--budget-images", str(three_trial_budget(cfg))]
+                command += ["--budget-images", str(three_trial_budget(cfg, setup["batches"]))]
             started = time.time()
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             entry = {"recipe": recipe, "length": length, "command": " ".join(command[1:]),
