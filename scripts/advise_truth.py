@@ -73,6 +73,11 @@ down and split (split7.json, all held out) after a preview score of round 6's sh
 before any rule was tuned on round 6. No rule was tuned after round 6 either: round 7 is probed
 once at round 4's rules (c1e50bb), a second held-out check on the larger truth set.
 
+Round 8 (`--round 8`, session 9): three more recipes on the larger truth set (ROUND8), written
+down and split (split8.json, all held out) before any of their runs existed and before any rule
+was tuned on rounds 6-7. The rules are then tuned on rounds 1-7 and frozen (the commit whose
+message starts "FROZEN RULES (round 8)") before any round-8 probe runs.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -166,10 +171,23 @@ ROUND7 = {
     "n4k-rmsprop-a09-group8": {"optimizer": "rmsprop", "rmsprop_alpha": 0.9, "warmup_epochs": 1,
                                "bn_group": 8},
 }
+# Round 8 (session 9): three more on the larger truth set, written down and split (split8.json,
+# all held out) before any of their runs existed and before any rule was tuned on rounds 6-7.
+# Every round-1 to 7 recipe tunes; the round-8 rules are frozen (a commit whose message starts
+# "FROZEN RULES (round 8)") before any round-8 probe runs. `n4k-no-warmup-group8` has two BN
+# groups at B = 16, so none of its cells is a round-6 computation.
+ROUND8 = {
+    "n4k-no-warmup-group8": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 8},
+    "n4k-m095-const": {"optimizer": "sgd", "momentum": 0.95, "warmup_epochs": 1, "bn_group": 0,
+                       "schedule": "constant"},
+    "n4k-rmsprop-a095-poly": {"optimizer": "rmsprop", "rmsprop_alpha": 0.95, "warmup_epochs": 2,
+                              "bn_group": 0, "schedule": "poly"},
+}
 ROUND1 = dict(RECIPES)
-ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7}
-LARGER = (6, 7)  # the rounds on the larger truth set (BASE6, SETUP6)
-for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7):
+ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
+                 8: ROUND8}
+LARGER = (6, 7, 8)  # the rounds on the larger truth set (BASE6, SETUP6)
+for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7, ROUND8):
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 7
@@ -218,7 +236,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 7: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 8: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -238,11 +256,15 @@ LATER_RULES = {
     7: "round 7: three more recipes on round 6's larger truth set, all held out (written down "
        "and split after a preview score of round 6's short cells and before any rule was tuned "
        "on round 6); every round-1 to 6 recipe tunes; both lengths of a recipe in the same half",
+    8: "round 8: three more recipes on the larger truth set, all held out (written down and "
+       "split before any of their runs existed and before any rule was tuned on rounds 6-7); "
+       "every round-1 to 7 recipe tunes the round-8 rules; both lengths of a recipe in the same "
+       "half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 7: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 8: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -375,7 +397,7 @@ def collect() -> dict:
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS, "base": BASE,
               "larger": {"base": BASE6, "batches": SETUP6["batches"],
-                         "recipes": [*ROUND6, *ROUND7]},
+                         "recipes": [*ROUND6, *ROUND7, *ROUND8]},
               "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
@@ -478,7 +500,7 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
 
 LARGER_WORDS = ("4 epochs; the larger truth set: 4,000 images, width 8, base batch 16, "
                 "B = 16 / 64 / 256")
-SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS}
+SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS, 8: LARGER_WORDS}
 
 
 def report(half: str, round_: int = 1) -> str:
@@ -598,7 +620,7 @@ def main() -> None:
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
                              "3, 4, 5: session 7's three, three and three (split3-5.json); "
                              "6, 7: session 8's four and three on the larger truth set "
-                             "(split6.json, split7.json)")
+                             "(split6.json, split7.json); 8: session 9's three (split8.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
