@@ -165,6 +165,23 @@ def advise(batches: Sequence[int], out: str | Path, *,
                         epochs=10)
         print(record["advice"]["batch"])
     """
+    fields, user = _user_pieces(recipe, model, dataset, loss, optimizer, classes)
+    try:
+        cfg = from_dict(fields)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"advise: {one_line(err)}") from None
+    chosen = advise_probe.check_batches(",".join(str(b) for b in batches), cfg)
+    return advise_probe.advise(cfg, chosen, Path(out), budget_images=budget_images,
+                               overwrite=overwrite, quiet=quiet, user=user)
+
+
+def _user_pieces(recipe: dict, model: str | Callable[[int], nn.Module] | None,
+                 dataset: str | Path | Dataset | tuple[torch.Tensor, torch.Tensor],
+                 loss: Callable | None, optimizer: str | Callable[..., torch.optim.Optimizer],
+                 classes: int | None) -> tuple[dict, dict]:
+    """`advise`'s arguments split in two: the config fields (the recipe, plus the pieces given
+    by name) and the user's pieces for `setup.build`, with under "described" what the record's
+    config says of them."""
     fields = dict(recipe)
     user: dict = {"described": {}}
     if isinstance(model, str):
@@ -197,13 +214,7 @@ def advise(batches: Sequence[int], out: str | Path, *,
         split, count = split_from(dataset, classes)
         user["data"] = (split, count)
         user["described"]["dataset"] = _describe_data(split, count)
-    try:
-        cfg = from_dict(fields)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"advise: {one_line(err)}") from None
-    chosen = advise_probe.check_batches(",".join(str(b) for b in batches), cfg)
-    return advise_probe.advise(cfg, chosen, Path(out), budget_images=budget_images,
-                               overwrite=overwrite, quiet=quiet, user=user)
+    return fields, user
 
 
 def _checked_loss(loss: Callable) -> Callable:

@@ -229,6 +229,28 @@ def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dic
     return rows
 
 
+def probe_budget(cfg: TrainConfig, plan: Plan, budget_images: int,
+                 full_run: int) -> tuple[int, int]:
+    """The probe's budget in images (`budget_images`, or the default when 0) and the images that
+    give every batch its first trial; a budget that cannot hold the fixed pieces is refused."""
+    fixed, needed = plan.fixed_images(cfg.base_batch_size), plan.needed(cfg.base_batch_size)
+    budget = budget_images or default_budget(plan, cfg.base_batch_size, full_run, cfg.epochs)
+    if budget < fixed:
+        raise UserError(f"--budget-images {budget} is too small: timing, the base warmup, the "
+                        f"noise scale and the Hessian take {fixed} images; {needed} give every "
+                        f"batch its first trial")
+    return budget, needed
+
+
+def budget_line(cfg: TrainConfig, plan: Plan, budget: int, full_run: int) -> str:
+    """The line the probe says first: its budget, as a share of a full run at the base batch."""
+    share = budget / full_run
+    return (f"advise: budget {budget} images ({share:.1%} of a full run at B = "
+            f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''}"
+            f"{'; more than a run: every batch gets its first trial' if share > 1 else ''})"
+            f"; base warmup {plan.base_steps} steps")
+
+
 def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) -> dict:
     """The probe on a built base setup (`setup.cfg` is the recipe at its base batch; its model
     is trained in place): the record advise.json holds, without writing anything."""
@@ -241,19 +263,10 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         raise UserError(f"--batches: {too_big[0]} exceeds the {train_images} training images")
     full_run = train_images * cfg.epochs
     plan = plan_probe(cfg, batches, train_images)
-    fixed, needed = plan.fixed_images(cfg.base_batch_size), plan.needed(cfg.base_batch_size)
-    budget = budget_images or default_budget(plan, cfg.base_batch_size, full_run, cfg.epochs)
-    if budget < fixed:
-        raise UserError(f"--budget-images {budget} is too small: timing, the base warmup, the "
-                        f"noise scale and the Hessian take {fixed} images; {needed} give every "
-                        f"batch its first trial")
+    budget, needed = probe_budget(cfg, plan, budget_images, full_run)
     ledger = Ledger(budget)
     classes = getattr(setup, "classes", None) or int(setup.train.labels.max().item()) + 1
-    share = budget / full_run
-    say(f"advise: budget {budget} images ({share:.1%} of a full run at B = "
-        f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''}"
-        f"{'; more than a run: every batch gets its first trial' if share > 1 else ''})"
-        f"; base warmup {plan.base_steps} steps")
+    say(budget_line(cfg, plan, budget, full_run))
     recipe_groups(setup)
     init = state_of(setup)
     base = warm_up_base(setup, plan.base_steps, ledger)

@@ -41,43 +41,47 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(record: dict) -> str:
-    cfg, noise, curv, advice = (record["config"], record["noise"], record["curvature"],
-                                record["advice"])
-    b_noise = (f"not measured: {noise.get('why_not')}" if noise["b_noise"] is None else
-               f"{noise['b_noise']:.3g} ± {fmt(noise['b_noise_error'], '.2g', '?')} "
-               f"({noise['measurements']} measurements, small batch {noise['small_batch']} vs "
-               f"big batch {noise['big_batch']}, at the base state)")
-    rejected = "\n".join(f"- {r['sentence']}" for r in advice["rejected"]) or "- (none larger)"
-    cannot = "\n".join(f"- {line}" for line in record["cannot_know"])
-    pieces = ", ".join(f"{k} {v}" for k, v in record["probe_pieces"].items())
-    rules = record["rules"]
-    beta = record["momentum"]
+def noise_text(noise: dict) -> str:
+    """B_noise as advice.md states it, or why it was not measured."""
+    if noise["b_noise"] is None:
+        return f"not measured: {noise.get('why_not')}"
+    return (f"{noise['b_noise']:.3g} ± {fmt(noise['b_noise_error'], '.2g', '?')} "
+            f"({noise['measurements']} measurements, small batch {noise['small_batch']} vs "
+            f"big batch {noise['big_batch']}, at the base state)")
+
+
+def curvature_text(curv: dict, beta: float | None) -> str:
+    """λ_max as advice.md states it (with the heavy-ball bound when there is a momentum), or why
+    it was not measured."""
     lam = curv["lambda_max"]
-    bound = ("" if beta is None or lam is None or not lam > 0
+    if lam is None:
+        return f"not measured: {curv.get('why_not')}"
+    bound = ("" if beta is None or not lam > 0
              else f"; the heavy-ball bound η < 2(1+β)/λ_max = {2 * (1 + beta) / lam:.3g} "
                   f"(β = {beta}) is shown, not used for the verdict")
-    if lam is None:
-        curvature = f"not measured: {curv.get('why_not')}"
-    else:
-        state = "converged" if curv["converged"] else "NOT converged"
-        curvature = (f"{lam:.4g} (smallest Ritz value {curv['lambda_min_ritz']:.3g}; {state}: "
-                     f"residual {curv['residual']:.2g} after {curv['iterations']} Lanczos "
-                     f"iterations on {curv['images']} images, at the base state){bound}")
-    share = record["probe_fraction"]
-    over = (" — more than one run: every batch's first trial needs that much"
-            if share > 1 and record["budget_default"] else
-            " — more than 10% of a run: the default budget holds 3 trials per batch, up to one "
-            "run for a recipe of ≤ 10 epochs (10/epochs of a run up to 100)"
-            if share > 0.1 and record["budget_default"] else "")
+    state = "converged" if curv["converged"] else "NOT converged"
+    return (f"{lam:.4g} (smallest Ritz value {curv['lambda_min_ritz']:.3g}; {state}: "
+            f"residual {curv['residual']:.2g} after {curv['iterations']} Lanczos "
+            f"iterations on {curv['images']} images, at the base state){bound}")
+
+
+def recipe_section(record: dict) -> str:
+    """advice.md's title and the recipe probed."""
+    cfg = record["config"]
     return f"""# batchscale advise
 
 Recipe: optimizer {cfg['optimizer']}, lr {cfg['lr']} at base batch {cfg['base_batch_size']},
 scale rule {cfg['scale_rule']}, warmup {cfg['warmup_epochs']} epochs, bn_group {cfg['bn_group']},
 {cfg['epochs']} epochs on {record['train_images']} training images ({cfg['dataset']}, width
 {cfg['width']}); device {record['device']}.
+"""
 
-## Advice
+
+def advice_section(record: dict) -> str:
+    """The advised batch, and a sentence for each larger batch rejected."""
+    advice = record["advice"]
+    rejected = "\n".join(f"- {r['sentence']}" for r in advice["rejected"]) or "- (none larger)"
+    return f"""## Advice
 
 **B = {advice['batch']}**, peak lr {advice['peak_lr']:.4g}, warmup {advice['warmup_epochs']} epochs
 ({advice['warmup_steps']} steps). {advice['note']}
@@ -85,8 +89,14 @@ scale rule {cfg['scale_rule']}, warmup {cfg['warmup_epochs']} epochs, bn_group {
 Larger batches, rejected:
 
 {rejected}
+"""
 
-## Per batch
+
+def per_batch_section(record: dict) -> str:
+    """The per-batch table and how to read it: the trials, the bracket, λ_max and B_noise."""
+    rules = record["rules"]
+    curvature = curvature_text(record["curvature"], record["momentum"])
+    return f"""## Per batch
 
 {table(record)}
 
@@ -101,18 +111,41 @@ Larger batches, rejected:
   *diverges*: peak ≥ smallest failed; *at risk*: in between or untested. *margin*: largest passed
   / peak (stable) or smallest failed / peak (diverges).
 - λ_max = {curvature}.
-- B_noise = {b_noise}. No step or time prediction is made (removed: see below).
+- B_noise = {noise_text(record['noise'])}. No step or time prediction is made (removed: see below).
+"""
 
-## Probe cost
+
+def cost_section(record: dict) -> str:
+    """What the probe spent: its images, as a share of a full run, and its wall-clock time."""
+    share = record["probe_fraction"]
+    over = (" — more than one run: every batch's first trial needs that much"
+            if share > 1 and record["budget_default"] else
+            " — more than 10% of a run: the default budget holds 3 trials per batch, up to one "
+            "run for a recipe of ≤ 10 epochs (10/epochs of a run up to 100)"
+            if share > 0.1 and record["budget_default"] else "")
+    pieces = ", ".join(f"{k} {v}" for k, v in record["probe_pieces"].items())
+    return f"""## Probe cost
 
 {record['probe_images']} training images ({share:.1%} of one full run at the base batch{over};
 budget {record['budget_images']}, {record['budget_needed_first_trials']} give every batch its
 first trial): {pieces}; {record['probe_wall_s'] / 60:.1f} min wall-clock.
+"""
 
-## What this probe cannot know
+
+def cannot_know_section(record: dict) -> str:
+    """What the probe cannot know, one item a line."""
+    cannot = "\n".join(f"- {line}" for line in record["cannot_know"])
+    return f"""## What this probe cannot know
 
 {cannot}
 """
+
+
+def markdown(record: dict) -> str:
+    """advice.md: the recipe, the advice, the per-batch table, the probe's cost and what it
+    cannot know, one section each."""
+    return "\n".join(section(record) for section in (
+        recipe_section, advice_section, per_batch_section, cost_section, cannot_know_section))
 
 
 def _positive(values) -> list[float]:
