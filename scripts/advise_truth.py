@@ -75,8 +75,9 @@ once at round 4's rules (c1e50bb), a second held-out check on the larger truth s
 
 Round 8 (`--round 8`, session 9): three more recipes on the larger truth set (ROUND8), written
 down and split (split8.json, all held out) before any of their runs existed and before any rule
-was tuned on rounds 6-7. The rules are then tuned on rounds 1-7 and frozen (the commit whose
-message starts "FROZEN RULES (round 8)") before any round-8 probe runs.
+was tuned on rounds 6-7. Four variants were then tried on rounds 1-7 (round8-tuning/score.txt);
+none beat round 4's rules without adding false *stable* verdicts, so no rule changed: round 8 is
+probed once at round 4's frozen rules (c1e50bb), like rounds 5-7.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -173,9 +174,9 @@ ROUND7 = {
 }
 # Round 8 (session 9): three more on the larger truth set, written down and split (split8.json,
 # all held out) before any of their runs existed and before any rule was tuned on rounds 6-7.
-# Every round-1 to 7 recipe tunes; the round-8 rules are frozen (a commit whose message starts
-# "FROZEN RULES (round 8)") before any round-8 probe runs. `n4k-no-warmup-group8` has two BN
-# groups at B = 16, so none of its cells is a round-6 computation.
+# Every round-1 to 7 recipe tunes; no variant tried on them beat round 4's rules
+# (advise-truth/round8-tuning/score.txt), so round 8 is probed at round 4's rules (c1e50bb).
+# `n4k-no-warmup-group8` has two BN groups at B = 16, so none of its cells is a round-6 run.
 ROUND8 = {
     "n4k-no-warmup-group8": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 8},
     "n4k-m095-const": {"optimizer": "sgd", "momentum": 0.95, "warmup_epochs": 1, "bn_group": 0,
@@ -274,7 +275,7 @@ def halves(round_: int) -> dict:
     return split() if round_ == 1 else split2() if round_ == 2 else split_later(round_)
 
 
-FROZEN_AT = {5: 4, 6: 4, 7: 4}  # rounds 5 to 7 are probed at round 4's frozen rules
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4}  # rounds 5 to 8 are probed at round 4's frozen rules
 
 
 def split() -> dict:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from batchscale.analysis import advise_rules, hessian
+from batchscale.analysis import hessian
 from batchscale.analysis.advise_budget import HESSIAN_TOL, NOISE_SMALL_BATCHES, TIMED_STEPS, Ledger
 from batchscale.analysis.advise_rules import (
     config_at,
@@ -292,12 +292,11 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
         accs.append((logits.argmax(1) == labels.to(logits.device)).float().mean().item())
         if not math.isfinite(losses[-1]):
             break
-        if (advise_rules.STOP_EXPLODED and len(losses) >= width
-                and exploded(losses[-width:], accs[-width:], batch, classes)):
+        if len(losses) >= width and exploded(losses[-width:], accs[-width:], batch, classes):
             break
     end_loss, end_share = (sample_stats(at_b, sample, ledger) if math.isfinite(losses[-1])
                            else (math.inf, None))
     judgement = judge_trial(losses, accs, batch, classes, start_loss, end_loss, hold_start,
-                            end_share, from_init=not ramp)
+                            end_share)
     judgement.hold_start_loss = hold_start
     return judgement, rates[:len(losses)], losses, accs

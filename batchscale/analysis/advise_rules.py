@@ -43,14 +43,6 @@ PROGRESS_SLACK = 0.5
 # and 7); with SHARE_MIN 0.3 103/120 and 3 (102/120 and 5); 0.2: 103/120 and 6; slack 0.75 with
 # 0.2 108/120 but 8 false *stable* (docs/results/advise-truth/round3-tuning/).
 SHARE_MIN = 0.3
-# A trial stops at its first exploded window (True) or runs its whole length and is judged at its
-# end (False): a transient explosion that the run recovers from is then not a failure.
-STOP_EXPLODED = True
-# A trial of a recipe without warmup starts from the initialization: its first steps at the peak
-# are the run's own first steps, and a run can recover from a dead or non-improving start that
-# a trial of a fraction of an epoch ends in. INIT_LENIENT: such a trial fails only on a
-# non-finite loss or an exploded last window (no dead-network or loss-progress test).
-INIT_LENIENT = False
 UP_LIMIT, DOWN_LIMIT = 8.0, 16.0  # the search looks no further than peak × 8 and peak / 16
 WINDOW_IMAGES = 256  # a judging window holds at least this many images (and 3 steps)
 
@@ -125,7 +117,7 @@ def exploded(losses: list[float], accs: list[float], batch: int, classes: int) -
 def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int,
                 start_loss: float, end_loss: float,
                 hold_start_loss: float | None = None,
-                end_share: float | None = None, from_init: bool = False) -> TrialJudgement:
+                end_share: float | None = None) -> TrialJudgement:
     """A trial failed when a loss was non-finite; when its last window of steps is *exploded* by
     the engine's rule (engine/collapse.py: at chance -- accuracy within the margin of 1/classes,
     loss ≥ ln(classes) − margin, over the window's images -- with a loss ≥ EXPLODED × ln(classes);
@@ -147,8 +139,6 @@ def judge_trial(losses: list[float], accs: list[float], batch: int, classes: int
 
     if exploded(losses[-width:], accs[-width:], batch, classes):
         return judged("collapse")
-    if from_init and INIT_LENIENT:
-        return judged("")
     if dead(end_share):
         return judged("dead")
     references = [start_loss] + ([hold_start_loss] if hold_start_loss is not None else [])
