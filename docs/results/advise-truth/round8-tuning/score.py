@@ -58,6 +58,11 @@ COMPARISONS = [
     ("t4, default budget, rounds 1-5 long", "t4", "base", "default", R15, ("long",)),
     ("h8 (HOLD_MIN 8), 3 trials, rounds 6-7 (long = the short probe: same trials)", "h8",
      "committed", "3", R67, ("short", "long")),
+    ("gate07 (gate.py 0.7: no-progress fails only below input share 0.7), 3 trials, rounds 6-7; "
+     "a candidate for the next round, chosen after round 8's probes", "gate07", "committed", "3",
+     R67, ("short", "long")),
+    ("gate07, 3 trials, rounds 1-5 (c1e50bb: `base`, re-probed this session)", "gate07", "base",
+     "3", R15, ("short", "long")),
 ]
 
 for title, variant, against, kind, recipes, lengths in COMPARISONS:
