@@ -79,6 +79,11 @@ was tuned on rounds 6-7. Four variants were then tried on rounds 1-7 (round8-tun
 none beat round 4's rules without adding false *stable* verdicts, so no rule changed: round 8 is
 probed once at round 4's frozen rules (c1e50bb), like rounds 5-7.
 
+Round 9 (`--round 9`, written down in session 9 for the next one): three more recipes on the
+larger truth set (ROUND9), written down and split (split9.json, all held out) after round 8's
+probes and before any rule was tuned on round 8. Its sweeps may run first; its probes run once,
+after the commit that freezes the rules tuned on rounds 1-8.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -184,11 +189,21 @@ ROUND8 = {
     "n4k-rmsprop-a095-poly": {"optimizer": "rmsprop", "rmsprop_alpha": 0.95, "warmup_epochs": 2,
                               "bn_group": 0, "schedule": "poly"},
 }
+# Round 9 (session 9, for the next session): three more on the larger truth set, written down and
+# split (split9.json, all held out) after round 8's probes and before any rule is tuned on round
+# 8; every round-1 to 8 recipe tunes. Its sweeps may run before the rules are tuned (a sweep is
+# the truth, not a probe); its probes run once, after the commit that freezes the rules.
+ROUND9 = {
+    "n4k-no-warmup-m08": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0, "momentum": 0.8},
+    "n4k-rmsprop-group4": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 4},
+    "n4k-ls-group16-poly": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 16,
+                            "label_smoothing": 0.1, "schedule": "poly"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
-                 8: ROUND8}
-LARGER = (6, 7, 8)  # the rounds on the larger truth set (BASE6, SETUP6)
-for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7, ROUND8):
+                 8: ROUND8, 9: ROUND9}
+LARGER = (6, 7, 8, 9)  # the rounds on the larger truth set (BASE6, SETUP6)
+for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7, ROUND8, ROUND9):
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 7
@@ -237,7 +252,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 8: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 9: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -261,11 +276,14 @@ LATER_RULES = {
        "split before any of their runs existed and before any rule was tuned on rounds 6-7); "
        "every round-1 to 7 recipe tunes the round-8 rules; both lengths of a recipe in the same "
        "half",
+    9: "round 9: three more recipes on the larger truth set, all held out (written down and "
+       "split after round 8's probes and before any rule was tuned on round 8); every round-1 "
+       "to 8 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 8: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 9: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -398,7 +416,7 @@ def collect() -> dict:
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS, "base": BASE,
               "larger": {"base": BASE6, "batches": SETUP6["batches"],
-                         "recipes": [*ROUND6, *ROUND7, *ROUND8]},
+                         "recipes": [*ROUND6, *ROUND7, *ROUND8, *ROUND9]},
               "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
@@ -501,7 +519,7 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
 
 LARGER_WORDS = ("4 epochs; the larger truth set: 4,000 images, width 8, base batch 16, "
                 "B = 16 / 64 / 256")
-SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS, 8: LARGER_WORDS}
+SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS, 8: LARGER_WORDS, 9: LARGER_WORDS}
 
 
 def report(half: str, round_: int = 1) -> str:
@@ -621,7 +639,8 @@ def main() -> None:
                         help="1: session 5's four recipes; 2: session 6's four (split2.json); "
                              "3, 4, 5: session 7's three, three and three (split3-5.json); "
                              "6, 7: session 8's four and three on the larger truth set "
-                             "(split6.json, split7.json); 8: session 9's three (split8.json)")
+                             "(split6.json, split7.json); 8, 9: session 9's three and three "
+                             "(split8.json, split9.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
