@@ -203,7 +203,7 @@ ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9}
 LARGER = (6, 7, 8, 9)  # the rounds on the larger truth set (BASE6, SETUP6)
-for later in (ROUND2, ROUND3, ROUND4, ROUND5, ROUND6, ROUND7, ROUND8, ROUND9):
+for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
 GRID_POINTS = 7
@@ -416,7 +416,7 @@ def collect() -> dict:
               "epochs_columns": ["epoch", "train_loss", "train_acc", "test_acc"],
               "batches": BATCHES, "seeds": SEEDS, "base": BASE,
               "larger": {"base": BASE6, "batches": SETUP6["batches"],
-                         "recipes": [*ROUND6, *ROUND7, *ROUND8, *ROUND9]},
+                         "recipes": [name for r in LARGER for name in ROUND_RECIPES[r]]},
               "recipes": RECIPES, "cells": []}
     for length in LENGTHS:
         for recipe in RECIPES:  # round 2's lengths have the same names (short: 8 epochs)
