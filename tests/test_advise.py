@@ -135,6 +135,24 @@ def test_trial_judgement_by_hand():
     assert not judge([1.0] * 4 + window, [0.5] * 4 + [0.17] * 32, 8, 10, 2.3, 2.2).failed
 
 
+def test_no_progress_fails_only_a_network_losing_its_input():
+    judge = advise_rules.judge_trial
+    gate = advise_rules.PROGRESS_SHARE
+    # the fixed sample's loss went from 2.0 to 2.2 (more than half way back to ln 10): no progress
+    # while the share is below the gate or not measured; at or above it the network still tells
+    # its inputs apart and the trial passes
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.2, None, None).why == "no progress"
+    assert judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.2, None,
+                 gate - 0.01).why == "no progress"
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.2, None, gate).failed
+    assert not judge([2.3, 2.2, 2.1], [0.2] * 3, 128, 10, 2.0, 2.2, None, 0.9).failed
+    # the gate leaves the other failures alone: an exploded last window fails at any share
+    high = 1.25 * math.log(10) + 0.01
+    assert judge([2.0, 2.0, high, high, high], [0.3, 0.3, 0.11, 0.1, 0.1], 128, 10, 2.3, 2.2,
+                 None, 0.95).why == "collapse"
+    assert advise_rules.SHARE_MIN < gate < 1
+
+
 def test_input_share_by_hand():
     share = advise_rules.input_share
     # every input the same output vector: no variance with the input at all

@@ -81,6 +81,7 @@ from batchscale.analysis.advise_rules import (
     HOLD_EPOCHS,
     HOLD_MAX,
     HOLD_MIN,
+    PROGRESS_SHARE,
     RAMP_STEPS,
     SAFETY,
     SHARE_MIN,
@@ -188,12 +189,14 @@ def rules_record() -> dict:
     return {"start": START, "trial_stream": "the same batches for every trial at a B",
             "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
             "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
-            "share_min": SHARE_MIN, "base_must_learn": BASE_MUST_LEARN,
+            "share_min": SHARE_MIN, "progress_share": PROGRESS_SHARE,
+            "base_must_learn": BASE_MUST_LEARN,
             "judge": "failed: a non-finite loss; the last window exploded by "
                      "engine/collapse.py (at chance, loss ≥ 1.25 ln C); a dead network "
                      "(the fixed sample's logits' input share < share_min); or the fixed "
                      "sample's loss more than half way back to chance from both the "
-                     "trial's start and the peak's start. window = max(3, 256/B) steps"}
+                     "trial's start and the peak's start while the input share is below "
+                     "progress_share. window = max(3, 256/B) steps"}
 
 
 def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dict,
