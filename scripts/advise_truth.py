@@ -79,10 +79,15 @@ was tuned on rounds 6-7. Four variants were then tried on rounds 1-7 (round8-tun
 none beat round 4's rules without adding false *stable* verdicts, so no rule changed: round 8 is
 probed once at round 4's frozen rules (c1e50bb), like rounds 5-7.
 
-Round 9 (`--round 9`, written down in session 9 for the next one): three more recipes on the
-larger truth set (ROUND9), written down and split (split9.json, all held out) after round 8's
-probes and before any rule was tuned on round 8. Its sweeps may run first; its probes run once,
-after the commit that freezes the rules tuned on rounds 1-8.
+Round 9 (`--round 9`, written down in session 9): three more recipes on the larger truth set
+(ROUND9), written down and split (split9.json, all held out) after round 8's probes and before any
+rule was tuned on round 8. Its sweeps ran first; its probes ran once (session 10), after the
+commit that froze the rules tuned on rounds 1-8 (94487e9, "FROZEN RULES (round 9)").
+
+Round 10 (`--round 10`, written down in session 10 for the next round): three more recipes on the
+larger truth set (ROUND10), written down and split (split10.json, all held out) after round 9's
+probes, before any of their runs existed and before any round-9 outcome was looked at or any rule
+tuned on round 9. Its probes run once, after the commit that freezes the rules tuned on rounds 1-9.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -199,10 +204,21 @@ ROUND9 = {
     "n4k-ls-group16-poly": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 16,
                             "label_smoothing": 0.1, "schedule": "poly"},
 }
+# Round 10 (session 10, for the next round): three more on the larger truth set, written down and
+# split (split10.json, all held out) after round 9's probes and before any round-9 outcome was
+# looked at; every round-1 to 9 recipe tunes.
+ROUND10 = {
+    "n4k-no-warmup-nesterov": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 0,
+                               "bn_group": 0},
+    "n4k-rmsprop-wd1e3-group16": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 16,
+                                  "weight_decay": 1e-3},
+    "n4k-group8-warmup2-ls": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 8,
+                              "label_smoothing": 0.1},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
-                 8: ROUND8, 9: ROUND9}
-LARGER = (6, 7, 8, 9)  # the rounds on the larger truth set (BASE6, SETUP6)
+                 8: ROUND8, 9: ROUND9, 10: ROUND10}
+LARGER = (6, 7, 8, 9, 10)  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -252,7 +268,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 9: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 10: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -279,11 +295,15 @@ LATER_RULES = {
     9: "round 9: three more recipes on the larger truth set, all held out (written down and "
        "split after round 8's probes and before any rule was tuned on round 8); every round-1 "
        "to 8 recipe tunes; both lengths of a recipe in the same half",
+    10: "round 10: three more recipes on the larger truth set, all held out (written down and "
+        "split after round 9's probes, before any of their runs existed and before any rule was "
+        "tuned on round 9); every round-1 to 9 recipe tunes; both lengths of a recipe in the "
+        "same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 9: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 10: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -519,7 +539,7 @@ def bracket_agrees(low, high, m_low, m_high, factor: float = 2.0) -> bool | None
 
 LARGER_WORDS = ("4 epochs; the larger truth set: 4,000 images, width 8, base batch 16, "
                 "B = 16 / 64 / 256")
-SHORT_WORDS = {1: "4 epochs", 6: LARGER_WORDS, 7: LARGER_WORDS, 8: LARGER_WORDS, 9: LARGER_WORDS}
+SHORT_WORDS = {1: "4 epochs", **{r: LARGER_WORDS for r in LARGER}}
 
 
 def report(half: str, round_: int = 1) -> str:
@@ -640,7 +660,8 @@ def main() -> None:
                              "3, 4, 5: session 7's three, three and three (split3-5.json); "
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
-                             "(split8.json, split9.json)")
+                             "(split8.json, split9.json); 10: session 10's three "
+                             "(split10.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
