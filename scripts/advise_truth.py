@@ -87,7 +87,9 @@ commit that froze the rules tuned on rounds 1-8 (94487e9, "FROZEN RULES (round 9
 Round 10 (`--round 10`, written down in session 10 for the next round): three more recipes on the
 larger truth set (ROUND10), written down and split (split10.json, all held out) after round 9's
 probes, before any of their runs existed and before any round-9 outcome was looked at or any rule
-tuned on round 9. Its probes run once, after the commit that freezes the rules tuned on rounds 1-9.
+tuned on round 9. No rule was tuned on round 9 in session 10, so round 10 is probed once at
+round 9's frozen rules (94487e9; FROZEN_AT), declared before its probes ran: a second held-out
+check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -313,7 +315,9 @@ def halves(round_: int) -> dict:
     return split() if round_ == 1 else split2() if round_ == 2 else split_later(round_)
 
 
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4}  # rounds 5 to 8 are probed at round 4's frozen rules
+# rounds 5 to 8 are probed at round 4's frozen rules; round 10 at round 9's (no rule was tuned on
+# round 9: declared before round 10's probes ran)
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9}
 
 
 def split() -> dict:

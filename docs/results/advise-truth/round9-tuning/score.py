@@ -57,22 +57,27 @@ def line(name, s):
     return f"  {name:10s} {right}/{n} right, {risk} at risk, {fs} false stable, {fd} false diverges"
 
 
-COMPARISONS = [
-    ("3 trials, rounds 1-5", "3", R15, "base"),
-    ("3 trials, rounds 6-7", "3", R67, "committed"),
-    ("3 trials, round 8", "3", R8, "committed"),
-    ("default budget, rounds 6-7", "default", R67, "committed"),
-    ("default budget, round 8", "default", R8, "committed"),
-]
-total = {}
-for title, kind, recipes, against in COMPARISONS:
-    print(title)
-    for name, variant in (("gate07", "gate07"), ("c1e50bb", against)):
-        s = score(keys(variant, kind, recipes))
-        print(line(name, s))
-        total.setdefault((kind, name), [0] * 5)
-        total[(kind, name)] = [a + b for a, b in zip(total[(kind, name)], s, strict=True)]
-for kind, label in (("3", "3 trials, rounds 1-8"), ("default", "default budget, rounds 6-8")):
-    print(f"{label} (total)")
-    for name in ("gate07", "c1e50bb"):
-        print(line(name, total[(kind, name)]))
+def main():
+    COMPARISONS = [
+        ("3 trials, rounds 1-5", "3", R15, "base"),
+        ("3 trials, rounds 6-7", "3", R67, "committed"),
+        ("3 trials, round 8", "3", R8, "committed"),
+        ("default budget, rounds 6-7", "default", R67, "committed"),
+        ("default budget, round 8", "default", R8, "committed"),
+    ]
+    total = {}
+    for title, kind, recipes, against in COMPARISONS:
+        print(title)
+        for name, variant in (("gate07", "gate07"), ("c1e50bb", against)):
+            s = score(keys(variant, kind, recipes))
+            print(line(name, s))
+            total.setdefault((kind, name), [0] * 5)
+            total[(kind, name)] = [a + b for a, b in zip(total[(kind, name)], s, strict=True)]
+    for kind, label in (("3", "3 trials, rounds 1-8"), ("default", "default budget, rounds 6-8")):
+        print(f"{label} (total)")
+        for name in ("gate07", "c1e50bb"):
+            print(line(name, total[(kind, name)]))
+
+
+if __name__ == "__main__":
+    main()
