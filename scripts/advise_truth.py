@@ -91,6 +91,11 @@ tuned on round 9. No rule was tuned on round 9 in session 10, so round 10 is pro
 round 9's frozen rules (94487e9; FROZEN_AT), declared before its probes ran: a second held-out
 check of them.
 
+Round 11 (`--round 11`, written down in session 11): three more recipes on the larger truth set
+(ROUND11), written down and split (split11.json, all held out) before any of their runs existed
+and before any rule was tuned on round 10. Its probes run once, at the rules frozen after
+tuning on rounds 1-10.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -218,10 +223,21 @@ ROUND10 = {
     "n4k-group8-warmup2-ls": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 8,
                               "label_smoothing": 0.1},
 }
+# Round 11 (session 11): three more on the larger truth set, written down and split (split11.json,
+# all held out) before any of their runs existed and before any rule was tuned on round 10; every
+# round-1 to 10 recipe tunes.
+ROUND11 = {
+    "n4k-no-warmup-group4-ls": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 4,
+                                "label_smoothing": 0.1},
+    "n4k-rmsprop-const-wd1e4": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0,
+                                "schedule": "constant", "weight_decay": 1e-4},
+    "n4k-nesterov-m095-group2": {"optimizer": "sgd", "nesterov": True, "momentum": 0.95,
+                                 "warmup_epochs": 1, "bn_group": 2},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
-                 8: ROUND8, 9: ROUND9, 10: ROUND10}
-LARGER = (6, 7, 8, 9, 10)  # the rounds on the larger truth set (BASE6, SETUP6)
+                 8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11}
+LARGER = (6, 7, 8, 9, 10, 11)  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -271,7 +287,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 10: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 11: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -302,11 +318,14 @@ LATER_RULES = {
         "split after round 9's probes, before any of their runs existed and before any rule was "
         "tuned on round 9); every round-1 to 9 recipe tunes; both lengths of a recipe in the "
         "same half",
+    11: "round 11: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 11 before any of their runs existed and before any rule was tuned on "
+        "round 10); every round-1 to 10 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 10: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 11: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
