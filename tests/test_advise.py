@@ -54,18 +54,47 @@ def test_bisection_brackets_the_known_boundary_of_a_quadratic(beta, peak_over_bo
     assert bracket.low < boundary <= bracket.high  # the boundary is inside the bracket
     assert bracket.high / bracket.low == pytest.approx(math.sqrt(2))  # refined to √2
     assert bracket.trials[0]["lr"] == peak  # the recipe's peak is tried first
-    # factor 2 steps first (from the peak), then one √2 step
-    assert all(t["lr"] / peak in {2.0 ** k for k in range(-4, 4)}
+    # ×4 up / ×2 down from the peak, then geometric means: every trial but the last (the √2
+    # step) at a power of 2 of the peak
+    assert all(any(math.isclose(t["lr"] / peak, 2.0 ** k) for k in range(-4, 4))
                for t in bracket.trials[:-1])
     state, margin, _ = advise_rules.verdict(peak, bracket.low, bracket.high, safety=1.0)
     assert state == ("stable" if peak < boundary else "diverges")
     assert margin == pytest.approx((bracket.low if peak < boundary else bracket.high) / peak)
 
 
+def test_the_search_steps_up_by_four_then_halves_the_log_interval():
+    boundary = 3.0  # a trial passes below 3 and fails from 3 on
+    bracket = advise_rules.bracket_search(lambda lr: FAIL if lr >= boundary else PASS, 1.0)
+    lrs = [t["lr"] for t in bracket.trials]
+    # 1 ✓, 4 ✗, then the geometric means: 2 ✓, √8 = 2.83 ✓ (4 / 2.83 = √2: done)
+    assert lrs == pytest.approx([1.0, 4.0, 2.0, math.sqrt(8)])
+    assert bracket.low == pytest.approx(math.sqrt(8)) and bracket.high == 4.0
+    # from a failure the search halves: 1 ✗, 0.5 ✗, 0.25 ✓, √(1/8) = 0.354 ✓
+    down = advise_rules.bracket_search(lambda lr: FAIL if lr >= 0.4 else PASS, 1.0)
+    assert [t["lr"] for t in down.trials] == pytest.approx([1.0, 0.5, 0.25, math.sqrt(1 / 8)])
+
+
+def test_a_long_recipe_credits_a_pass_up_to_four_times_its_peak():
+    assert advise_rules.credit_limit(0.5, 30) == 2.0  # 4 × the peak for > 10 epochs
+    assert advise_rules.credit_limit(0.5, 10) is None and advise_rules.credit_limit(0.5, 4) is None
+    long = advise_rules.bracket_search(lambda lr: PASS, 1.0, credit=4.0)
+    assert [t["lr"] for t in long.trials] == [1.0, 4.0, 8.0]  # it still looks up to 8×
+    assert long.low == 8.0 and long.stable_low == 4.0  # ... but is credited to 4×
+    assert advise_rules.verdict(4.0, long.stable_low, long.high)[0] == "stable"
+    assert advise_rules.verdict(8.0, long.stable_low, long.high)[0] == "at risk"
+    failed = advise_rules.bracket_search(lambda lr: FAIL if lr > 6 else PASS, 1.0, credit=4.0)
+    # 1 ✓, 4 ✓, 8 ✗, √32 = 5.66 ✓: [4 credited (5.66 passed), 8)
+    assert failed.low == pytest.approx(math.sqrt(32)) and failed.stable_low == 4.0
+    assert failed.high == 8.0 and advise_rules.verdict(8.0, 4.0, 8.0)[0] == "diverges"
+    short = advise_rules.bracket_search(lambda lr: PASS, 1.0)
+    assert short.stable_low == short.low == 8.0  # no credit limit: every pass counts
+
+
 def test_bisection_stops_at_its_limits_and_at_the_budget():
     always = advise_rules.bracket_search(lambda lr: PASS, 1.0)
     assert always.low == advise_rules.UP_LIMIT and always.high is None
-    assert [t["lr"] for t in always.trials] == [1.0, 2.0, 4.0, 8.0]
+    assert [t["lr"] for t in always.trials] == [1.0, 4.0, 8.0]  # ×4, then the limit
     never = advise_rules.bracket_search(lambda lr: FAIL, 1.0)
     assert never.low is None and never.high == 1 / advise_rules.DOWN_LIMIT
     assert advise_rules.verdict(1.0, never.low, never.high)[0] == "diverges"

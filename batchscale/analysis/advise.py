@@ -16,8 +16,10 @@ trial):
    dead-network test (outputs that ignore the input) and a loss-progress test
    (advise_rules.judge_trial); every trial at B sees the same batches, so
    trials differ only in the rate. Per B the largest stable peak is bracketed by
-   log bisection from the recipe's peak (factor 2, then √2 as the budget allows), and the verdict
-   compares the recipe's peak with the bracket;
+   log bisection from the recipe's peak (×4 up from a pass, ×2 down from a failure, then the
+   geometric mean of the ends down to √2, as the budget allows; for a recipe of more than 10
+   epochs a pass counts as stable up to 4× its peak at most), and the verdict compares the
+   recipe's peak with the bracket;
 3. the largest positive eigenvalue λ_max of the training loss's Hessian at the base state
    (Lanczos) and the gradient noise scale B_noise there (McCandlish et al. 2018), as context:
    neither decides a verdict, and no step or time prediction is made from them;
@@ -78,6 +80,8 @@ from batchscale.analysis.advise_pieces import (  # noqa: F401 (advise.X is the p
 from batchscale.analysis.advise_report import OUTPUTS, write_outputs
 from batchscale.analysis.advise_rules import (
     CANNOT_KNOW,
+    CREDIT_EPOCHS,
+    CREDIT_UP,
     HOLD_EPOCHS,
     HOLD_MAX,
     HOLD_MIN,
@@ -86,9 +90,11 @@ from batchscale.analysis.advise_rules import (
     SAFETY,
     SHARE_MIN,
     START,
+    UP_STEP,
     Bracket,
     advice_for,
     config_at,
+    credit_limit,
     momentum_of,
     verdict,
 )
@@ -145,7 +151,8 @@ def trial_rounds(at: dict, warm: dict, plan: Plan, timing: dict, ledger: Ledger,
     its first trial (smallest first), then one bisection step per batch per round while the
     budget holds it (none when the base state is not `judgeable`, base_learning). Returns the
     brackets and each trial's curve, per B."""
-    brackets = {b: Bracket(s.cfg.peak_lr) for b, s in at.items()}
+    brackets = {b: Bracket(s.cfg.peak_lr, credit=credit_limit(s.cfg.peak_lr, s.cfg.epochs))
+                for b, s in at.items()}
     curves = {b: [] for b in at}
     progress = judgeable
     while progress:
@@ -187,7 +194,8 @@ def not_learning_reason(start_loss: float, classes: int) -> str:
 def rules_record() -> dict:
     """The rules a probe decided by, as advise.json records them."""
     return {"start": START, "trial_stream": "the same batches for every trial at a B",
-            "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS,
+            "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS, "up_step": UP_STEP,
+            "credit_up": CREDIT_UP, "credit_epochs": CREDIT_EPOCHS,
             "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
             "share_min": SHARE_MIN, "progress_share": PROGRESS_SHARE,
             "base_must_learn": BASE_MUST_LEARN,
@@ -210,7 +218,10 @@ def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dic
     for batch in at:
         row = brackets[batch]
         peak = at[batch].cfg.peak_lr
-        state, margin, reason = verdict(peak, row.low, row.high)
+        state, margin, reason = verdict(peak, row.stable_low, row.high)
+        if row.stable_low is not None and row.low > row.stable_low:
+            reason += (f" (passed up to {row.low:.3g}; credited to {CREDIT_UP:g}× the peak for a "
+                       f"recipe of > {CREDIT_EPOCHS} epochs)")
         if not row.trials and not_learning is not None:
             reason = f"no trial at B = {batch}: {not_learning}"
         elif not row.trials:
@@ -223,7 +234,8 @@ def verdict_rows(at: dict, plan: Plan, timing: dict, brackets: dict, curves: dic
                      "recipe_steps": at[batch].plan.total_steps,
                      "trial_ramp_steps": plan.ramp[batch], "trial_hold_steps": plan.hold[batch],
                      "trial_images": plan.trial_images(batch),
-                     "bracket_low": row.low, "bracket_high": row.high, "trials": row.trials,
+                     "bracket_low": row.stable_low, "bracket_high": row.high,
+                     "largest_passed": row.low, "trials": row.trials,
                      "curves": curves[batch],
                      "curvature_product": None if bound_lr is None else peak * lam,
                      "curvature_bound_lr": bound_lr, "verdict": state, "margin": margin,

@@ -92,6 +92,21 @@ Larger batches, rejected:
 """
 
 
+def search_text(rules: dict) -> str:
+    """How the bracket search steps, as the record's rules say."""
+    up = rules.get("up_step", 2.0)
+    return (f"×{up:g} up from a pass, ×2 down from a failure, then the geometric mean of the two "
+            f"ends while they are more than √2 apart and the budget holds")
+
+
+def credit_text(rules: dict) -> str:
+    """The credit limit on a passed trial, if the record's rules have one."""
+    if rules.get("credit_up") is None:
+        return ""
+    return (f", a pass counting up to {rules['credit_up']:g}× the recipe's peak at most for a "
+            f"recipe of more than {rules['credit_epochs']} epochs")
+
+
 def per_batch_section(record: dict) -> str:
     """The per-batch table and how to read it: the trials, the bracket, λ_max and B_noise."""
     rules = record["rules"]
@@ -106,8 +121,8 @@ def per_batch_section(record: dict) -> str:
   most {rules['ramp_steps']} steps (the recipe's warmup, compressed) and holds the peak for
   {rules['hold_epochs']} of the recipe's epochs at B (at least {rules['hold_min']}, at most
   {rules['hold_max']} steps, never more than the recipe holds it). It *fails* ({rules['judge']}).
-- Per B the trials bisect the largest stable peak on a log scale from the recipe's peak (factor
-  2, then √2 while the budget holds); *stable*: peak ≤ largest passed / {rules['safety']:g};
+- Per B the trials bisect the largest stable peak on a log scale from the recipe's peak
+  ({search_text(rules)}); *stable*: peak ≤ largest passed / {rules['safety']:g}{credit_text(rules)};
   *diverges*: peak ≥ smallest failed; *at risk*: in between or untested. *margin*: largest passed
   / peak (stable) or smallest failed / peak (diverges).
 - λ_max = {curvature}.

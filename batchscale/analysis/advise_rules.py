@@ -52,6 +52,19 @@ PROGRESS_SHARE = 0.7
 # 0.2 108/120 but 8 false *stable* (docs/results/advise-truth/round3-tuning/).
 SHARE_MIN = 0.3
 UP_LIMIT, DOWN_LIMIT = 8.0, 16.0  # the search looks no further than peak × 8 and peak / 16
+# From a passed trial the search steps up by UP_STEP (down from a failed one by 2), then bisects
+# between the largest pass and the smallest failure (geometric mean) down to √2: with the 1-3
+# trials a default budget holds, a pass at 4× the peak decides twice the range a pass at 2×
+# does. Chosen for round 11 on rounds 1-10 (trial outcomes replayed under each search; 3 trials
+# per batch, rounds 6-10: 283/336 cells right vs 257, false *stable* 6 vs 6, brackets 20/23 vs
+# 15/23; rounds 1-5: 217/298 vs 217/298; the default budget, rounds 6-10: 226/336 vs 202, false
+# *stable* 2 vs 2; docs/results/advise-truth/round11-tuning/), together with the credit limit.
+UP_STEP = 4.0
+# For a recipe of more than CREDIT_EPOCHS epochs a passed trial is credited as stable up to
+# CREDIT_UP × the recipe's peak at most: its run holds a rate near the peak for many epochs,
+# where a trial holds it a quarter of one (rounds 6-10: at 8× the peak, trials passed where 5 of
+# 13 30-epoch runs collapsed, and where every 4-epoch run that trial covered trained).
+CREDIT_UP, CREDIT_EPOCHS = 4.0, 10
 WINDOW_IMAGES = 256  # a judging window holds at least this many images (and 3 steps)
 
 
@@ -167,15 +180,24 @@ class Bracket:
     low: float | None = None  # the largest peak whose trial passed
     high: float | None = None  # the smallest peak whose trial failed
     trials: list[dict] = field(default_factory=list)
+    credit: float | None = None  # a pass is credited as stable up to this peak (None: any)
+
+    @property
+    def stable_low(self) -> float | None:
+        """The bracket's stable end: the largest passed peak, at most `credit`."""
+        if self.low is None or self.credit is None:
+            return self.low
+        return min(self.low, self.credit)
 
     def next_candidate(self) -> float | None:
-        """Factor 2 up from a pass / down from a failure until both ends are known (within
-        UP_LIMIT / DOWN_LIMIT of the recipe's peak), then √2 between them; None when done."""
+        """UP_STEP up from a pass (at most to UP_LIMIT × the recipe's peak) / factor 2 down from
+        a failure (to DOWN_LIMIT) until both ends are known, then the geometric mean of the ends
+        until they are within √2; None when done."""
         if not self.trials:
             return self.peak
         if self.high is None:
-            nxt = self.low * 2
-            return nxt if nxt <= self.peak * UP_LIMIT * (1 + 1e-9) else None
+            limit = self.peak * UP_LIMIT
+            return None if self.low >= limit * (1 - 1e-9) else min(self.low * UP_STEP, limit)
         if self.low is None:
             nxt = self.high / 2
             return nxt if nxt >= self.peak / DOWN_LIMIT * (1 - 1e-9) else None
@@ -195,12 +217,19 @@ class Bracket:
             self.low = lr if self.low is None else max(self.low, lr)
 
 
+def credit_limit(peak: float, epochs: int) -> float | None:
+    """The largest peak a passed trial is credited as stable for a recipe of `epochs` epochs
+    whose peak at B is `peak` (None: no limit)."""
+    return CREDIT_UP * peak if epochs > CREDIT_EPOCHS else None
+
+
 def bracket_search(trial: Callable[[float], TrialJudgement], peak: float,
-                   afford: Callable[[], bool] = lambda: True) -> Bracket:
+                   afford: Callable[[], bool] = lambda: True,
+                   credit: float | None = None) -> Bracket:
     """Bisection of one batch's largest stable peak (for tests and simple callers; the probe
     interleaves the batches itself): `trial(lr)` runs one trial, `afford()` says whether the
-    budget holds another."""
-    bracket = Bracket(peak)
+    budget holds another; `credit`: Bracket.credit."""
+    bracket = Bracket(peak, credit=credit)
     while (candidate := bracket.next_candidate()) is not None and afford():
         bracket.record(candidate, trial(candidate), 0, 0)
     return bracket
