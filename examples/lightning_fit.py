@@ -3,10 +3,14 @@ stop when the run collapses (`pip install 'batchscale[lightning]'`). The small b
 micro-batches of `accumulate_grad_batches=2` (under a DDP strategy: the workers' own gradients).
 
     python examples/lightning_fit.py [LOG_DIR]             # metrics in LOG_DIR/.../metrics.csv
-    python examples/lightning_fit.py LOG_DIR --devices 2   # two CPU processes (ddp_spawn)
+    python examples/lightning_fit.py LOG_DIR --devices 2   # two CPU processes (ddp_fork)
+
+With two devices the workers are forked (`ddp_fork`): a forked worker leaves with `os._exit`,
+whereas a spawned one (`--strategy ddp_spawn`) finalizes its interpreter, where gloo's threads can
+abort it after the fit finished (docs/api.md; scripts/lightning_exits.py counts both).
 """
 
-import sys
+import argparse
 import tempfile
 
 import lightning.pytorch as pl
@@ -35,7 +39,8 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def main(log_dir: str, lr: float = 0.05, epochs: int = 4, devices: int = 1) -> BatchscaleCallback:
+def main(log_dir: str, lr: float = 0.05, epochs: int = 4, devices: int = 1,
+         strategy: str = "ddp_fork") -> BatchscaleCallback:
     torch.manual_seed(0)
     classes, inputs = 4, 20
     labels = torch.randint(0, classes, (2048,))
@@ -43,17 +48,21 @@ def main(log_dir: str, lr: float = 0.05, epochs: int = 4, devices: int = 1) -> B
     data = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True)
     callback = BatchscaleCallback(classes=classes, span=32)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=devices,
-                         strategy="ddp_spawn" if devices > 1 else "auto",
+                         strategy=strategy if devices > 1 else "auto",
                          accumulate_grad_batches=1 if devices > 1 else 2, log_every_n_steps=8,
                          logger=pl.loggers.CSVLogger(log_dir), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[callback])
     trainer.fit(Classifier(inputs, classes, lr), data)
-    if devices == 1:  # with ddp_spawn the callback lived in the worker processes
+    if devices == 1:  # with several devices the callback lived in the worker processes
         print(callback.noise.estimate(), "collapsed" if callback.monitor.collapsed else "")
     return callback
 
 
 if __name__ == "__main__":
-    devices = int(sys.argv[3]) if sys.argv[2:3] == ["--devices"] else 1
-    main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), devices=devices)
+    parser = argparse.ArgumentParser(description="Lightning with batchscale's callback")
+    parser.add_argument("log_dir", nargs="?", default=None)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--strategy", default="ddp_fork", help="with --devices > 1")
+    args = parser.parse_args()
+    main(args.log_dir or tempfile.mkdtemp(), devices=args.devices, strategy=args.strategy)

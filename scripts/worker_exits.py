@@ -5,6 +5,11 @@ without an active exception", exit code -6).
     python scripts/worker_exits.py --launches 200 --json docs/results/bench/worker-exits.json
     python scripts/worker_exits.py --launches 50 --busy 1     # with a busy loop beside
     python scripts/worker_exits.py --launches 500 --max-seconds 3000  # as many as fit
+    python scripts/worker_exits.py --lightning ddp_spawn --launches 100   # Lightning's workers
+
+With `--lightning STRATEGY` each launch is instead examples/lightning_fit.py with two CPU devices
+under that Lightning strategy (ddp_fork, the example's, or ddp_spawn: Lightning's own workers,
+which batchscale's exit does not reach).
 
 Each launch is `python -m batchscale train --workers 2` (the workers leave through
 distributed.run_main), a 2-epoch local-SGD run of a width-4 model on 256 images (the shape of
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy", type=int, default=0, help="busy-loop processes beside")
     parser.add_argument("--max-seconds", type=float, default=0,
                         help="stop launching after this long (0: no limit); the count so far")
+    parser.add_argument("--lightning", metavar="STRATEGY",
+                        help="launch examples/lightning_fit.py --devices 2 --strategy STRATEGY")
     parser.add_argument("--json", help="write the result here (bench.save_json)")
     args = parser.parse_args(argv)
     busy = [multiprocessing.Process(target=busy_loop, daemon=True) for _ in range(args.busy)]
@@ -95,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     codes, failures, started = [], [], time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="worker-exits-") as folder:
-            data = tiny_zip(Path(folder) / "tiny.zip")
+            data = None if args.lightning else tiny_zip(Path(folder) / "tiny.zip")
             for k in range(args.launches):
                 if args.max_seconds and time.monotonic() - started > args.max_seconds:
                     break
                 out = Path(folder) / f"run{k}"
-                result = subprocess.run(train_args(data, out, epochs=args.epochs),
+                command = (train_args(data, out, epochs=args.epochs) if not args.lightning else
+                           [sys.executable, str(ROOT / "examples" / "lightning_fit.py"), str(out),
+                            "--devices", "2", "--strategy", args.lightning])
+                result = subprocess.run(command,
                                         env=worker_env(), cwd=folder, capture_output=True,
                                         text=True, timeout=600)
                 codes.append(result.returncode)
@@ -118,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     emit({"launches": n, "workers_per_launch": 2, "failures": len(failures),
           "exit_codes": {str(c): codes.count(c) for c in sorted(set(codes))},
           "failure_rate_upper_95": round(upper_bound(len(failures), n), 4),
-          "busy_loops_beside": args.busy, "epochs_per_launch": args.epochs,
+          "launch": (f"examples/lightning_fit.py --devices 2 --strategy {args.lightning}"
+                     if args.lightning else "batchscale train --workers 2"),
+          "busy_loops_beside": args.busy,
+          "epochs_per_launch": 4 if args.lightning else args.epochs,
           "wall_s": round(time.monotonic() - started, 1), "failed": failures}, args.json)
     return 1 if failures else 0
 

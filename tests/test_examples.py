@@ -83,8 +83,10 @@ def test_the_lightning_script_logs_the_noise_scale_through_the_trainer(tmp_path)
 
 
 def test_the_lightning_callback_under_a_ddp_strategy_logs_the_workers_estimate(tmp_path):
-    """Two CPU processes (ddp_spawn, gloo): each worker's own gradient is a small batch of 32,
-    the averaged one the big batch of 64, logged through the trainer's CSVLogger."""
+    """Two CPU processes (ddp_fork, gloo): each worker's own gradient is a small batch of 32,
+    the averaged one the big batch of 64, logged through the trainer's CSVLogger. (Forked: a
+    spawned worker finalizes its interpreter, where gloo's threads can abort it after the fit;
+    scripts/worker_exits.py --lightning counts both.)"""
     lightning_or_skip()
     done = subprocess.run([sys.executable, str(EXAMPLES / "lightning_fit.py"), str(tmp_path),
                            "--devices", "2"], capture_output=True, text=True, timeout=PATIENCE_S,
