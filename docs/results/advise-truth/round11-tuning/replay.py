@@ -1,6 +1,11 @@
 """Round 11's tuning: replay bracket searches on recorded trial outcomes, on rounds 1-10's cells.
 
     python docs/results/advise-truth/round11-tuning/replay.py   # > score.txt
+    python docs/results/advise-truth/round11-tuning/replay.py --posthoc   # > posthoc.txt
+
+--posthoc replays the same searches on round 11, the held-out round, after its probes ran at
+2334f9b (its probes and 4 trials fill.py ran afterwards were added to probes.json and
+trials.json then): it tunes nothing, and says what the old search would have scored there.
 
 A held-out trial at batch B always starts from the same base state and sees the same batches
 (advise.TRIAL_STREAM), and its ramp and hold do not depend on the run's length, so its outcome is a
@@ -128,9 +133,13 @@ VARIANTS = {
     "x2 up, credit 4x (> 10 epochs)": (partial(search), (4.0, 10)),
 }
 if __name__ == "__main__":
-    for kind, rounds, label in (("3", range(1, 6), "3 trials per batch, rounds 1-5"),
-                                ("3", range(6, 11), "3 trials per batch, rounds 6-10"),
-                                ("default", range(6, 11), "the default budget, rounds 6-10")):
+    SETS = (("3", range(1, 6), "3 trials per batch, rounds 1-5"),
+            ("3", range(6, 11), "3 trials per batch, rounds 6-10"),
+            ("default", range(6, 11), "the default budget, rounds 6-10"))
+    if sys.argv[1:] == ["--posthoc"]:  # > posthoc.txt: round 11, held out, after its probes
+        SETS = (("3", (11,), "POST HOC, round 11 (held out; seen): 3 trials per batch"),
+                ("default", (11,), "POST HOC, round 11 (held out; seen): the default budget"))
+    for kind, rounds, label in SETS:
         print(label)
         for name, (strategy, credit) in VARIANTS.items():
             print(f"  {name:42s} {score(strategy, credit, kind, rounds)}")
