@@ -5,8 +5,8 @@
 missing.json: [[recipe, B, peak], ...] (what replay.py raised KeyError for). Each recipe's probe is
 built as `advise` builds it (its short length: a trial does not depend on the run's length), then
 only the listed trials run, from the same base state and batches a probe's trials have. Session 11
-ran 35 trials so (rounds 1-10; about 3 min on one core); trials.json holds their outcomes
-("session-11 fill" in `source`).
+ran 35 trials so (rounds 1-10; about 3 min on one core), and 4 more after round 11's probes for
+replay.py --posthoc (f11); trials.json holds their outcomes ("session-11 fill" in `source`).
 """
 import json
 import sys
