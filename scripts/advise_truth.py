@@ -94,7 +94,11 @@ check of them.
 Round 11 (`--round 11`, written down in session 11): three more recipes on the larger truth set
 (ROUND11), written down and split (split11.json, all held out) before any of their runs existed
 and before any rule was tuned on round 10. Its probes run once, at the rules frozen after
-tuning on rounds 1-10.
+tuning on rounds 1-10 (2334f9b, "FROZEN RULES (round 11)").
+
+Round 12 (`--round 12`, written down in session 11 for the next round): three more recipes on the
+larger truth set (ROUND12), written down and split (split12.json, all held out) after round 11's
+probes and reports, before any of their runs existed and before any rule was tuned on round 11.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -234,10 +238,21 @@ ROUND11 = {
     "n4k-nesterov-m095-group2": {"optimizer": "sgd", "nesterov": True, "momentum": 0.95,
                                  "warmup_epochs": 1, "bn_group": 2},
 }
+# Round 12 (session 11, for the next round): three more on the larger truth set, written down and
+# split (split12.json, all held out) before any of their runs existed and before any rule was
+# tuned on round 11; every round-1 to 11 recipe tunes.
+ROUND12 = {
+    "n4k-no-warmup-poly": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0,
+                           "schedule": "poly"},
+    "n4k-rmsprop-ls-group8": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 8,
+                              "label_smoothing": 0.1},
+    "n4k-warmup2-wd1e3-const": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 0,
+                                "weight_decay": 1e-3, "schedule": "constant"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
-                 8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11}
-LARGER = (6, 7, 8, 9, 10, 11)  # the rounds on the larger truth set (BASE6, SETUP6)
+                 8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12}
+LARGER = (6, 7, 8, 9, 10, 11, 12)  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -287,7 +302,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 11: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 12: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -321,11 +336,15 @@ LATER_RULES = {
     11: "round 11: three more recipes on the larger truth set, all held out (written down and "
         "split in session 11 before any of their runs existed and before any rule was tuned on "
         "round 10); every round-1 to 10 recipe tunes; both lengths of a recipe in the same half",
+    12: "round 12: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 11 after round 11's probes and reports, before any of their runs "
+        "existed and before any rule was tuned on round 11); every round-1 to 11 recipe tunes; "
+        "both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 11: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 12: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
