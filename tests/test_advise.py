@@ -91,6 +91,18 @@ def test_a_long_recipe_credits_a_pass_up_to_four_times_its_peak():
     assert short.stable_low == short.low == 8.0  # no credit limit: every pass counts
 
 
+def test_the_table_says_when_a_pass_was_credited_below_the_largest_passed_peak():
+    row = {"batch": 16, "images_per_s": 300.0, "memory_mb": 17.6, "fits": True, "peak_lr": 0.001,
+           "trials": [{"lr": 0.001, "failed": False}, {"lr": 0.004, "failed": False},
+                      {"lr": 0.008, "failed": False}],
+           "bracket_low": 0.004, "bracket_high": None, "largest_passed": 0.008,
+           "curvature_bound_lr": None, "verdict": "stable", "margin": 4.0}
+    credited = advise_report.table({"rows": [row]}).splitlines()[-1]
+    assert "| [0.004, —) (passed 0.008; credited to 0.004) |" in credited
+    plain = advise_report.table({"rows": [{**row, "largest_passed": 0.004}]}).splitlines()[-1]
+    assert "| [0.004, —) |" in plain and "credited" not in plain
+
+
 def test_bisection_stops_at_its_limits_and_at_the_budget():
     always = advise_rules.bracket_search(lambda lr: PASS, 1.0)
     assert always.low == advise_rules.UP_LIMIT and always.high is None

@@ -33,6 +33,9 @@ def table(record: dict) -> str:
         low, high = row["bracket_low"], row["bracket_high"]
         bracket = (f"[{fmt(low)}, {fmt(high)})" if low is not None or high is not None
                    else "not tested")
+        passed = row.get("largest_passed")
+        if low is not None and passed is not None and passed > low * (1 + 1e-9):
+            bracket += f" (passed {fmt(passed)}; credited to {fmt(low)})"
         lines.append(
             f"| {row['batch']} | {fmt(row['images_per_s'], '.0f')} | "
             f"{fmt(row['memory_mb'], '.1f')} | {'yes' if row['fits'] else 'no'} | "
