@@ -520,6 +520,14 @@ def three_trial_budget(cfg: dict, batches: list[int]) -> int:
                plan.fixed_images(recipe.base_batch_size) + advise.DEFAULT_TRIALS * trials)
 
 
+def probe_config(recipe: str, length: str) -> tuple[dict, list[int]]:
+    """What `advise` is given for a (recipe, length): the run's config at the base batch with the
+    recipe's own lr (grid point ADVISE_K), and the truth set's candidate batches."""
+    setup = setup_of(recipe)
+    return (config_of(length, recipe, setup["base"]["base_batch_size"], grid(recipe)[ADVISE_K],
+                      0), setup["batches"])
+
+
 def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
                 recipes: list[str] | None = None) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
@@ -530,11 +538,9 @@ def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
     log = []
     for recipe in names:
         for length in lengths or LENGTHS:
-            setup = setup_of(recipe)
-            cfg = config_of(length, recipe, setup["base"]["base_batch_size"],
-                            grid(recipe)[ADVISE_K], 0)
+            cfg, batches = probe_config(recipe, length)
             command = [sys.executable, "-m", "batchscale", "advise", "--batches",
-                       ",".join(map(str, setup["batches"])), "--out",
+                       ",".join(map(str, batches)), "--out",
                        str(advise_dir(half, recipe, length, round_)), "--overwrite", "--quiet"]
             skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
             for key, value in cfg.items():
@@ -542,7 +548,7 @@ def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
                     continue
                 command += [f"--{key.replace('_', '-')}", str(value)]
             if VARIANT:
-                command += ["--budget-images", str(three_trial_budget(cfg, setup["batches"]))]
+                command += ["--budget-images", str(three_trial_budget(cfg, batches))]
             started = time.time()
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             entry = {"recipe": recipe, "length": length, "command": " ".join(command[1:]),

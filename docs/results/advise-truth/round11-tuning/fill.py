@@ -39,11 +39,9 @@ for recipe, todo in want.items():
             brackets[batch].record(lr, judgement, len(losses), len(losses) * batch)
         return brackets, {b: [] for b in at}
     A.trial_rounds = only_these
-    setup = T.setup_of(recipe)
-    cfg = T.config_of("short", recipe, setup["base"]["base_batch_size"],
-                      T.grid(recipe)[T.ADVISE_K], 0)
+    cfg, batches = T.probe_config(recipe, "short")
     cfg.pop("stop_on_collapse")
     started = time.time()
-    A.advise(from_dict(cfg), setup["batches"], Path(sys.argv[2]) / f"{recipe}-short",
+    A.advise(from_dict(cfg), batches, Path(sys.argv[2]) / f"{recipe}-short",
              budget_images=10**9, overwrite=True, quiet=True)
     print(recipe, len(todo), f"{time.time() - started:.0f} s", flush=True)
