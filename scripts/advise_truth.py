@@ -99,6 +99,11 @@ tuning on rounds 1-10 (2334f9b, "FROZEN RULES (round 11)").
 Round 12 (`--round 12`, written down in session 11 for the next round): three more recipes on the
 larger truth set (ROUND12), written down and split (split12.json, all held out) after round 11's
 probes and reports, before any of their runs existed and before any rule was tuned on round 11.
+In session 12 candidate trials from the initialization (no-warmup recipes: a longer hold, no stop
+at its first windows, a loss that must end below chance) were judged on rounds 1-11 from recorded
+long trials (round12-tuning/); none was right on more cells without adding false *stable*
+verdicts, so no rule changed: round 12 is probed once at round 11's frozen rules (2334f9b;
+FROZEN_AT), declared before its probes ran: a second held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -356,7 +361,7 @@ def halves(round_: int) -> dict:
 
 # rounds 5 to 8 are probed at round 4's frozen rules; round 10 at round 9's (no rule was tuned on
 # round 9: declared before round 10's probes ran)
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9}
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11}
 
 
 def split() -> dict:
