@@ -105,6 +105,11 @@ long trials (round12-tuning/); none was right on more cells without adding false
 verdicts, so no rule changed: round 12 is probed once at round 11's frozen rules (2334f9b;
 FROZEN_AT), declared before its probes ran: a second held-out check of them.
 
+Round 13 (`--round 13`, written down in session 12 for the next round): three more recipes on the
+larger truth set (ROUND13), written down and split (split13.json, all held out) after round 12's
+probes ran, before any round-12 outcome was looked at, before any of their runs existed and
+before any rule was tuned on round 12.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -254,10 +259,22 @@ ROUND12 = {
     "n4k-warmup2-wd1e3-const": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 0,
                                 "weight_decay": 1e-3, "schedule": "constant"},
 }
+# Round 13 (session 12, for the next round): three more on the larger truth set, written down and
+# split (split13.json, all held out) after round 12's probes ran and before any round-12 outcome
+# was looked at or any rule tuned on round 12; every round-1 to 12 recipe tunes.
+ROUND13 = {
+    "n4k-no-warmup-m095": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0,
+                           "momentum": 0.95},
+    "n4k-rmsprop-a09-const": {"optimizer": "rmsprop", "rmsprop_alpha": 0.9, "warmup_epochs": 1,
+                              "bn_group": 0, "schedule": "constant"},
+    "n4k-group2-warmup2-poly": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 2,
+                                "schedule": "poly"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
-                 8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12}
-LARGER = (6, 7, 8, 9, 10, 11, 12)  # the rounds on the larger truth set (BASE6, SETUP6)
+                 8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
+                 13: ROUND13}
+LARGER = (6, 7, 8, 9, 10, 11, 12, 13)  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -307,7 +324,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 12: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 13: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -345,11 +362,15 @@ LATER_RULES = {
         "split in session 11 after round 11's probes and reports, before any of their runs "
         "existed and before any rule was tuned on round 11); every round-1 to 11 recipe tunes; "
         "both lengths of a recipe in the same half",
+    13: "round 13: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 12 after round 12's probes ran, before any round-12 outcome was looked "
+        "at, before any of their runs existed and before any rule was tuned on round 12); every "
+        "round-1 to 12 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 12: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 13: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
