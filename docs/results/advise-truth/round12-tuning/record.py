@@ -48,7 +48,8 @@ def long_trial(at_b, warm, peak, ramp, ledger, classes, sample, start_loss, chec
         if not math.isfinite(losses[-1]):
             break
         if step + 1 - ramp in checkpoints:
-            stats[str(step + 1 - ramp)] = [round(v, 5) for v in P.sample_stats(at_b, sample, ledger)]
+            loss_share = P.sample_stats(at_b, sample, ledger)
+            stats[str(step + 1 - ramp)] = [round(v, 5) for v in loss_share]
     return {"losses": losses, "accs": accs, "stats": stats, "hold_start": hold_start,
             "start_loss": start_loss, "ramp": ramp}
 

@@ -2,6 +2,11 @@
 rounds 1-11. None was taken: round 12 is probed at round 11's frozen rules (2334f9b).
 
     python docs/results/advise-truth/round12-tuning/replay.py   # > score.txt (about a minute)
+    python docs/results/advise-truth/round12-tuning/replay.py --posthoc   # > posthoc.txt
+
+--posthoc judges every candidate directly on round 12's no-warmup recipe (n4k-no-warmup-poly,
+held out; seen: its trials were recorded by record.py into posthoc-trials.json after round 12's
+probes and reports). It tunes nothing; it says what each candidate would have done there.
 
 Round 11's replay (round11-tuning) showed that even a trial at every grid cell, judged directly,
 agreed with the larger truth set's runs on about 82% of cells, and that the largest group of misses
@@ -131,7 +136,17 @@ ROUND11 = ("quarter", False, "old")
 CANDIDATES = [ROUND11] + [(h, True, p) for h in HOLDS for p in ("old", "gated", "strict")]
 SETS = (("3", range(1, 6), "3 trials, rounds 1-5"), ("3", range(6, 12), "3 trials, rounds 6-11"),
         ("default", range(6, 12), "default, rounds 6-11"))
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["--posthoc"]:
+    RECORD.clear()
+    for key, trial in json.loads((HERE / "posthoc-trials.json").read_text()).items():
+        recipe, batch, lr = key.split()
+        RECORD[(recipe, int(batch), float(lr))] = trial
+    print("POST HOC, round 12 (held out; seen): n4k-no-warmup-poly's grid cells, directly")
+    for candidate in CANDIDATES:
+        hold, watch, progress = candidate
+        label = f"hold {hold}, {'watched' if watch else 'not watched'}, progress {progress}"
+        print(f"  {label:52s} {direct(candidate)}")
+elif __name__ == "__main__":
     for candidate in CANDIDATES:
         hold, watch, progress = candidate
         label = f"hold {hold}, {'watched' if watch else 'not watched'}, progress {progress}"
@@ -145,6 +160,6 @@ if __name__ == "__main__":
 
         r11.outcome = outcome
         r11.PROBES = {n: probe_for(n, p, hold) for n, p in PROBES.items()}
+        search = r11.VARIANTS["x4 up, credit 4x (> 10 epochs)  <- taken"]
         for kind, rounds, name in SETS:
-            print(f"  {name:32s} "
-                  f"{r11.score(*r11.VARIANTS['x4 up, credit 4x (> 10 epochs)  <- taken'], kind, rounds)}")
+            print(f"  {name:32s} {r11.score(*search, kind, rounds)}")
