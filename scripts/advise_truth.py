@@ -381,7 +381,8 @@ def halves(round_: int) -> dict:
 
 
 # rounds 5 to 8 are probed at round 4's frozen rules; round 10 at round 9's (no rule was tuned on
-# round 9: declared before round 10's probes ran)
+# round 9: declared before round 10's probes ran); round 12 at round 11's (no candidate tuned on
+# rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran)
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11}
 
 
