@@ -108,7 +108,12 @@ FROZEN_AT), declared before its probes ran: a second held-out check of them.
 Round 13 (`--round 13`, written down in session 12 for the next round): three more recipes on the
 larger truth set (ROUND13), written down and split (split13.json, all held out) after round 12's
 probes ran, before any round-12 outcome was looked at, before any of their runs existed and
-before any rule was tuned on round 12.
+before any rule was tuned on round 12. In session 13 a length-aware trial judgement (a 4-epoch
+recipe's soft trial failures -- "no progress", "dead", any failure -- counted as passes) was
+replayed on rounds 1-12 (round13-tuning/); each candidate added false *stable* verdicts on every
+set and fewer cells right on rounds 6-12 (4-13 more on rounds 1-5), so no rule changed: round 13
+is probed once at round 11's frozen rules (2334f9b; FROZEN_AT), declared before its probes ran: a
+third held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -382,8 +387,9 @@ def halves(round_: int) -> dict:
 
 # rounds 5 to 8 are probed at round 4's frozen rules; round 10 at round 9's (no rule was tuned on
 # round 9: declared before round 10's probes ran); round 12 at round 11's (no candidate tuned on
-# rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran)
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11}
+# rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran); round 13 at round 11's
+# (no candidate replayed on rounds 1-12 was taken: declared before round 13's probes ran)
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11}
 
 
 def split() -> dict:
