@@ -1,0 +1,57 @@
+"""The advise truth set's bookkeeping (scripts/advise_truth.py, docs/results/advise-truth/): the
+committed splits are the ones the script computes, a held-out recipe is new, and each round's
+held-out probes ran at one set of rules.
+
+    .venv/bin/python -m pytest tests/test_advise_truth.py
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import advise_truth as T  # noqa: E402
+
+ROUNDS = sorted(T.ROUND_RECIPES)
+
+
+@pytest.mark.parametrize("round_", ROUNDS)
+def test_committed_split_is_the_scripts_split(round_):
+    """Editing a round's recipes after its split was committed would change what `halves`
+    returns: the committed file must still be exactly that."""
+    name = "split.json" if round_ == 1 else f"split{round_}.json"
+    assert json.loads((T.OUT / name).read_text()) == T.halves(round_)
+
+
+@pytest.mark.parametrize("round_", [r for r in ROUNDS if r >= 3])
+def test_held_out_recipes_are_new(round_):
+    """From round 3 on every recipe of the round is held out and every earlier one tunes; no
+    held-out recipe repeats an earlier name or an earlier recipe's settings."""
+    halves = T.halves(round_)
+    earlier = {name: cfg for r in ROUNDS if r < round_ for name, cfg in T.ROUND_RECIPES[r].items()}
+    assert set(halves["held_out"]) == set(T.ROUND_RECIPES[round_])
+    assert set(halves["tuning"]) == set(earlier)
+    larger = round_ in T.LARGER
+    for name in halves["held_out"]:
+        assert name not in earlier
+        same_set = {n: c for n, c in earlier.items() if n.startswith("n4k-") == larger}
+        assert T.ROUND_RECIPES[round_][name] not in same_set.values(), name
+
+
+def test_frozen_rules_come_before_the_round():
+    assert all(frozen < round_ for round_, frozen in T.FROZEN_AT.items())
+    assert set(T.FROZEN_AT) <= set(ROUNDS)
+
+
+@pytest.mark.parametrize("round_", [r for r in ROUNDS if r >= 6])
+def test_each_rounds_held_out_probes_share_their_rules(round_):
+    """A round is probed once, at one frozen set of rules: every committed held-out advice.json
+    of the round (both budgets) records the same rules."""
+    found = sorted((T.OUT / "advise" / f"round{round_}").glob("held_out*/*/advice.json"))
+    if not found:
+        pytest.skip(f"round {round_} has no committed held-out probes yet")
+    rules = {json.dumps(json.loads(p.read_text())["rules"], sort_keys=True) for p in found}
+    assert len(rules) == 1, [str(p) for p in found]
