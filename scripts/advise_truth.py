@@ -643,6 +643,51 @@ LARGER_WORDS = ("4 epochs; the larger truth set: 4,000 images, width 8, base bat
 SHORT_WORDS = {1: "4 epochs", **{r: LARGER_WORDS for r in LARGER}}
 
 
+def probe_cells(advice: dict, cells: list[dict], recipe: str, length: str):
+    """(advice.json's row, the truth cells at its batch) for every batch with cells."""
+    for row in advice["rows"]:
+        mine = [c for c in cells if c["recipe"] == recipe and c["length"] == length
+                and c["batch"] == row["batch"]]
+        if mine:
+            yield row, mine
+
+
+def cell_verdict(cell: dict, row: dict) -> str:
+    """The verdict a probe's bracket at the cell's batch gives the cell's peak."""
+    from batchscale.analysis import advise_rules
+    return advise_rules.verdict(cell["peak_lr"], row["bracket_low"], row["bracket_high"])[0]
+
+
+def track() -> dict:
+    """The track record (batchscale/analysis/advise_record.json) from the committed held-out
+    probes at the current rules and the committed outcomes.json: per budget, per recipe kind
+    and per verdict, how many cells' runs trained and how many diverged."""
+    from batchscale.analysis import advise_record
+    from batchscale.analysis.advise import rules_record
+    rules = rules_record()
+    cells = json.loads((OUT / "outcomes.json").read_text())["cells"]
+    tallied, rounds, recipes = [], set(), set()
+    for round_, variant in ((r, v) for r in ROUND_RECIPES for v in ("", "-3trials")):
+        budget = "3 trials" if variant else "default"
+        for recipe in halves(round_)["held_out"]:
+            kind = advise_record.kind_of(RECIPES[recipe])
+            for length in LENGTHS:
+                path = OUT / "advise" / f"round{round_}" / f"held_out{variant}" / \
+                    f"{recipe}-{length}" / "advice.json"
+                advice = json.loads(path.read_text()) if path.exists() else None
+                if advice is None or advice["rules"] != rules:
+                    continue
+                for row, mine in probe_cells(advice, cells, recipe, length):
+                    rounds.add(round_)
+                    recipes.add(recipe)
+                    tallied += [(budget, kind, cell_verdict(c, row), c["outcome"]) for c in mine]
+    return {"generated_by": "python scripts/advise_truth.py track",
+            "rules": rules, "rounds": sorted(rounds), "recipes": len(recipes),
+            "truth": "ResNet-18 width 8, 4,000 CIFAR-10 sample images, base batch 16, "
+                     "B = 16 / 64 / 256, 4- and 30-epoch runs, a factor-2 lr grid",
+            "counts": advise_record.tally(tallied)}
+
+
 def report(half: str, round_: int = 1) -> str:
     from batchscale import files
     from batchscale.analysis import advise_rules
@@ -660,19 +705,14 @@ def report(half: str, round_: int = 1) -> str:
                 continue
             advice = json.loads(path.read_text())
             costs.append((recipe, length, advice["probe_images"], advice["probe_fraction"]))
-            for row in advice["rows"]:
-                cells = [c for c in record["cells"] if c["recipe"] == recipe
-                         and c["length"] == length and c["batch"] == row["batch"]]
-                if not cells:
-                    continue
+            for row, cells in probe_cells(advice, record["cells"], recipe, length):
                 m_low, m_high = measured_boundary(cells)
                 brackets.append((recipe, length, row["batch"], row["bracket_low"],
                                  row["bracket_high"], m_low, m_high,
                                  bracket_agrees(row["bracket_low"], row["bracket_high"], m_low,
                                                 m_high)))
                 for cell in cells:
-                    state = advise_rules.verdict(cell["peak_lr"], row["bracket_low"],
-                                                 row["bracket_high"])[0]
+                    state = cell_verdict(cell, row)
                     correct = {"stable": "trains", "diverges": "diverges"}.get(state)
                     rows.append((recipe, length, row["batch"], cell["lr"], cell["peak_lr"],
                                  cell["outcome"], state, correct == cell["outcome"]))
@@ -755,7 +795,7 @@ def report(half: str, round_: int = 1) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["split", "run", "collect", "advise", "report"])
+    parser.add_argument("what", choices=["split", "run", "collect", "advise", "report", "track"])
     parser.add_argument("length", nargs="?", choices=[*LENGTHS, "tuning", "held_out"],
                         help="run: short | long; advise, report: tuning | held_out")
     parser.add_argument("--jobs", type=int, default=1)
@@ -782,6 +822,11 @@ def main() -> None:
         name = "split.json" if args.round_ == 1 else f"split{args.round_}.json"
         files.write_text(OUT / name, json.dumps(halves(args.round_), indent=1) + "\n")
         print(json.dumps(halves(args.round_), indent=1))
+    elif args.what == "track":
+        from batchscale import files
+        from batchscale.analysis.advise_record import RECORD
+        files.write_text(RECORD, json.dumps(track(), indent=1) + "\n")
+        print(f"wrote {RECORD}")
     elif args.what == "run":
         if args.length is None:
             parser.error("run needs a length: short or long")

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from batchscale.analysis import advise, advise_report, advise_rules, hessian
+from batchscale.analysis import advise, advise_record, advise_report, advise_rules, hessian
 from batchscale.cli import main
 
 PASS = advise_rules.TrialJudgement(False, "", 1.0, 0.5, None)
@@ -301,6 +301,16 @@ def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
     assert (out / advise_report.RESULT_PNG).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert printed.startswith("| B |") and "advice: B = " in printed
+    # the track record of this kind (SGD with warmup) at the default budget, for each verdict
+    # in the table, as the packaged advise_record.json has it
+    track = record["track_record"]
+    assert track["kind"] == "sgd with warmup" and track["budget"] == "default"
+    counts = advise_record.load()["counts"]["default"]
+    for verdict in {row["verdict"] for row in record["rows"]}:
+        mine = counts["sgd with warmup"][verdict]
+        claim = mine["diverged" if verdict == "diverges" else "trained"]
+        assert track["verdicts"][verdict]["kind"]["held"] == claim
+        assert f"[{claim}/{sum(mine.values())} = " in text
 
 
 def test_a_base_state_that_has_not_started_learning_gets_no_trials(tmp_path):

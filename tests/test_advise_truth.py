@@ -55,3 +55,10 @@ def test_each_rounds_held_out_probes_share_their_rules(round_):
         pytest.skip(f"round {round_} has no committed held-out probes yet")
     rules = {json.dumps(json.loads(p.read_text())["rules"], sort_keys=True) for p in found}
     assert len(rules) == 1, [str(p) for p in found]
+
+
+def test_the_packaged_track_record_is_what_the_committed_probes_give():
+    """advise_record.json (what advice.md quotes) is regenerated from the committed held-out
+    probes at the current rules and the committed outcomes.json, not typed in."""
+    from batchscale.analysis.advise_record import RECORD
+    assert json.loads(RECORD.read_text()) == T.track()

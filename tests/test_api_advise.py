@@ -78,7 +78,7 @@ def test_an_mlp_on_tensors_with_its_own_loss_and_optimizer_gets_a_full_record(tm
     assert saved["advice"] == record["advice"] and saved["config"] == record["config"]
     assert [row["batch"] for row in record["rows"]] == [8, 32]
     for row in record["rows"]:
-        assert row["verdict"] in ("stable", "at risk", "unstable", "unknown"), row
+        assert row["verdict"] in ("stable", "at risk", "diverges"), row
         assert row["trials"] and row["reason"] and row["images_per_s"] > 0
         assert row["curvature_bound_lr"] is None  # Adam: no heavy-ball bound
     assert record["advice"]["batch"] in (8, 32)
@@ -94,7 +94,11 @@ def test_an_mlp_on_tensors_with_its_own_loss_and_optimizer_gets_a_full_record(tm
         assert "not positive" in noise["why_not"] and sum(noise["grad_sq"]) <= 0, noise
     else:
         assert noise["b_noise"] > 0 and noise["estimator"] == "batchscale.NoiseScale", noise
-    assert "optimizer test_api_advise:adam" in (tmp_path / "advice" / "advice.md").read_text()
+    text = (tmp_path / "advice" / "advice.md").read_text()
+    assert "optimizer test_api_advise:adam" in text
+    # a user's optimizer is no kind the held-out recipes had: the overall record only
+    assert record["track_record"]["kind"] is None and record["track_record"]["budget"] == "default"
+    assert "(a kind no held-out recipe had)" in text
 
 
 def test_a_dataset_class_gives_the_record_of_its_tensors_and_sgd_its_bound(tmp_path):

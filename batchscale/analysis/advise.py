@@ -77,6 +77,7 @@ from batchscale.analysis.advise_pieces import (  # noqa: F401 (advise.X is the p
     top_curvature,
     warm_up_base,
 )
+from batchscale.analysis.advise_record import track_record
 from batchscale.analysis.advise_report import OUTPUTS, write_outputs
 from batchscale.analysis.advise_rules import (
     CANNOT_KNOW,
@@ -317,6 +318,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "noise": noise, "curvature": curvature,
         "momentum": beta,
         "rules": rules_record(),
+        "track_record": track_record(cfg.to_dict(), rules_record(), not budget_images),
         "base_learning": learning,
         "rows": rows, "advice": advice_for(rows, cfg), "cannot_know": CANNOT_KNOW,
     }
@@ -344,6 +346,8 @@ def advise(cfg: TrainConfig, batches: list[int], out: Path, budget_images: int =
         lam = record["curvature"]["lambda_max"]
         bound = 2 * (1 + beta) / lam if beta is not None and lam is not None and lam > 0 else None
         record["momentum"] = beta
+        record["track_record"] = track_record(record["config"], record["rules"],
+                                              record["budget_default"], custom_optimizer=True)
         for row in record["rows"]:
             row["curvature_bound_lr"] = bound
             row["curvature_product"] = None if bound is None else row["peak_lr"] * lam

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from batchscale import files
+from batchscale.analysis.advise_record import record_text
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = "advice.json", "advice.md", "advice.png"
 OUTPUTS = (RESULT_JSON, RESULT_MD, RESULT_PNG)
@@ -150,6 +151,15 @@ first trial): {pieces}; {record['probe_wall_s'] / 60:.1f} min wall-clock.
 """
 
 
+def track_section(record: dict) -> str:
+    """How the verdicts in the table held on held-out recipes at these rules (none for a record
+    written before the track record existed)."""
+    summary = record.get("track_record")
+    if summary is None:
+        return ""
+    return record_text(summary, {row["verdict"] for row in record["rows"]})
+
+
 def cannot_know_section(record: dict) -> str:
     """What the probe cannot know, one item a line."""
     cannot = "\n".join(f"- {line}" for line in record["cannot_know"])
@@ -160,10 +170,11 @@ def cannot_know_section(record: dict) -> str:
 
 
 def markdown(record: dict) -> str:
-    """advice.md: the recipe, the advice, the per-batch table, the probe's cost and what it
-    cannot know, one section each."""
-    return "\n".join(section(record) for section in (
-        recipe_section, advice_section, per_batch_section, cost_section, cannot_know_section))
+    """advice.md: the recipe, the advice, the per-batch table, how such verdicts held on held-out
+    recipes, the probe's cost and what it cannot know, one section each."""
+    sections = (recipe_section, advice_section, per_batch_section, track_section, cost_section,
+                cannot_know_section)
+    return "\n".join(text for section in sections if (text := section(record)))
 
 
 def _positive(values) -> list[float]:
