@@ -311,6 +311,7 @@ def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
         claim = mine["diverged" if verdict == "diverges" else "trained"]
         assert track["verdicts"][verdict]["kind"]["held"] == claim
         assert f"[{claim}/{sum(mine.values())} = " in text
+    assert "held-out record at these rules: " in printed
 
 
 def test_a_base_state_that_has_not_started_learning_gets_no_trials(tmp_path):

@@ -68,10 +68,15 @@ def test_only_a_probe_at_the_recorded_rules_gets_numbers(tmp_path):
     text = R.record_text(summary, {"diverges"})
     assert "2/3 = 67% (95% interval 21%–94%) [2/3 = 67%" in text
     assert "*stable*" not in text and "a warning, not a proof" in text
+    assert R.record_line(summary, {"diverges", "at risk"}) == (
+        "held-out record at these rules: diverges held in 2/3 (67%) of held-out cells "
+        "(advice.md)")
     other = {**rules_record(), "up_step": 2.0}
     assert "never checked" in R.track_record(config, other, True, path=path)["why_not"]
     missing = R.track_record(config, rules_record(), True, path=tmp_path / "none.json")
     assert "no track record file" in missing["why_not"]
+    assert R.record_line(missing, {"stable"}) == ("held-out record: not known (no track record "
+                                                  "file (none.json))")
     assert R.record_text(missing, {"stable"}).endswith("Not known: no track record file "
                                                        "(none.json).\n")
     custom = R.track_record(config, rules_record(), False, custom_optimizer=True, path=path)

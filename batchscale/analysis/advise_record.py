@@ -128,3 +128,14 @@ def record_text(summary: dict, present: set[str]) -> str:
         lines.append("- A *diverges* verdict says a held-peak trial failed at or below the peak; "
                      "it is a warning, not a proof that the run will diverge.")
     return head + "\n".join(lines) + "\n"
+
+
+def record_line(summary: dict, present: set[str]) -> str:
+    """The one line the command prints: how the table's claiming verdicts held (all kinds)."""
+    if "why_not" in summary:
+        return f"held-out record: not known ({summary['why_not']})"
+    parts = [f"{verdict} held in {entry['held']}/{entry['of']} ({entry['share']:.0%})"
+             for verdict in ("stable", "diverges") if verdict in present
+             and (entry := summary["verdicts"][verdict]["all"]) is not None]
+    return (f"held-out record at these rules: {', '.join(parts) or 'no claiming verdict'} "
+            f"of held-out cells (advice.md)")

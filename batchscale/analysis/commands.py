@@ -18,6 +18,7 @@ import torch
 
 from batchscale import files
 from batchscale.analysis import advise, advise_report, hessian, landscape
+from batchscale.analysis.advise_record import record_line
 from batchscale.config import (
     THREADS_PER_CORE,
     add_config_options,
@@ -154,6 +155,7 @@ def advise_command(args) -> int:
           f"{best['warmup_epochs']} epochs ({best['warmup_steps']} steps). {best['note']}".rstrip())
     for reason in best["rejected"]:
         print(f"  {reason['sentence']}")
+    print(record_line(record["track_record"], {row["verdict"] for row in record["rows"]}))
     print(f"probe: {record['probe_images']} images ({record['probe_fraction']:.1%} of a full "
           f"run), {record['probe_wall_s'] / 60:.1f} min; "
           f"{Path(args.out) / advise_report.RESULT_MD}")
