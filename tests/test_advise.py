@@ -7,6 +7,7 @@ values that cannot be log-scaled."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -487,3 +488,45 @@ def test_the_default_budget_by_hand():
     assert advise.default_budget(plan, 8, 400, 4) == fixed + trials  # the cap is below needed
     assert advise.default_budget(plan, 8, 1000, 4) == 1000  # capped at one run
     assert advise.default_budget(plan, 8, 10 ** 7, 200) == 10 ** 6  # a tenth of a long run
+
+
+def test_a_tight_default_budget_leaves_out_the_context_not_the_trials():
+    """By hand: the noise scale, then the Hessian too, is left out only when that brings every
+    batch's first trial within the default budget's cap."""
+    plan = advise.Plan(base_steps=10, noise_measurements=2, hessian_images=8, hessian_iters=2,
+                       timing_images=100, ramp={8: 2, 32: 2}, hold={8: 3, 32: 3},
+                       judge_images=16)
+    noise, lanczos, needed = 2 * advise.NOISE_SMALL_BATCHES * 8, 2 * 8 * 2, plan.needed(8)
+    assert advise.fit_context(plan, 8, needed) == (plan, None)
+    smaller, why = advise.fit_context(plan, 8, needed - noise)
+    assert (smaller.noise_measurements, smaller.hessian_iters) == (0, 2)
+    assert smaller.needed(8) == needed - noise and f"--budget-images {needed}" in why
+    smaller, why = advise.fit_context(plan, 8, needed - noise - 1)
+    assert (smaller.noise_measurements, smaller.hessian_iters) == (0, 0)
+    assert smaller.needed(8) == needed - noise - lanczos
+    assert advise.fit_context(plan, 8, needed - noise - lanczos - 1) == (plan, None)
+
+
+def test_leaving_out_the_context_leaves_every_trial_as_it_was(tmp_path, monkeypatch):
+    """The noise scale and the Hessian take no step and keep batch norm's buffers: a probe
+    without them runs the same trials, to the same losses, as one with them (the same trial
+    budget), so leaving them out changes no verdict."""
+    from batchscale.config import from_dict
+    cfg = from_dict({"dataset": "sample", "width": 4, "train_subset": 256, "base_batch_size": 8,
+                     "batch_size": 8, "lr": 0.02, "scale_rule": "linear", "warmup_epochs": 1,
+                     "epochs": 2, "threads": 1, "seed": 3})
+    full = advise.plan_probe(cfg, [8, 32], 256)
+    bare = dataclasses.replace(full, noise_measurements=0, hessian_iters=0)
+    context = full.fixed_images(8) - bare.fixed_images(8)
+    assert context > 0
+    with_context = advise.advise(cfg, [8, 32], tmp_path / "a", full.needed(8) + 3000, quiet=True)
+    monkeypatch.setattr(advise, "plan_probe", lambda *_: bare)
+    without = advise.advise(cfg, [8, 32], tmp_path / "b", bare.needed(8) + 3000, quiet=True)
+    assert with_context["noise"]["measurements"] > 0 and without["noise"]["measurements"] == 0
+    assert without["curvature"]["lambda_max"] is None
+    assert with_context["probe_images"] - without["probe_images"] == (
+        with_context["probe_pieces"]["noise scale"] + with_context["probe_pieces"]["Hessian"])
+    for a, b in zip(with_context["rows"], without["rows"], strict=True):
+        assert [t["lr"] for t in a["trials"]] == [t["lr"] for t in b["trials"]]
+        assert [c["losses"] for c in a["curves"]] == [c["losses"] for c in b["curves"]]
+        assert a["verdict"] == b["verdict"] and len(a["trials"]) > 1

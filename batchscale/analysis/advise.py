@@ -60,6 +60,7 @@ from batchscale.analysis.advise_budget import (  # noqa: F401 (advise.X is the p
     Plan,
     budget_cap,
     default_budget,
+    fit_context,
     plan_probe,
 )
 from batchscale.analysis.advise_pieces import (  # noqa: F401 (advise.X is the public name)
@@ -278,7 +279,9 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     if too_big:
         raise UserError(f"--batches: {too_big[0]} exceeds the {train_images} training images")
     full_run = train_images * cfg.epochs
-    plan = plan_probe(cfg, batches, train_images)
+    plan, left_out = plan_probe(cfg, batches, train_images), None
+    if not budget_images:
+        plan, left_out = fit_context(plan, cfg.base_batch_size, budget_cap(full_run, cfg.epochs))
     budget, needed = probe_budget(cfg, plan, budget_images, full_run)
     ledger = Ledger(budget)
     classes = getattr(setup, "classes", None) or int(setup.train.labels.max().item()) + 1
@@ -287,7 +290,12 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     init = state_of(setup)
     base = warm_up_base(setup, plan.base_steps, ledger)
     noise = noise_at(setup, plan.noise_measurements, ledger)
-    curvature = top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
+    curvature = (top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
+                 if plan.hessian_iters else
+                 {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
+                  "why_not": left_out or "no Lanczos iteration planned"})
+    if left_out and not plan.noise_measurements:
+        noise["why_not"] = left_out
     warm = state_of(setup) if plan.base_steps else init
     sample = fixed_sample(setup, plan.judge_images)
     start_loss, start_share = sample_stats(setup, sample, ledger)
@@ -310,7 +318,8 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "config": cfg.to_dict(), "batches": batches, "base_batch": cfg.base_batch_size,
         "train_images": train_images, "full_run_images": full_run,
         "budget_images": budget, "budget_default": not budget_images,
-        "budget_needed_first_trials": needed, "probe_images": ledger.spent,
+        "budget_needed_first_trials": needed, "context_left_out": left_out,
+        "probe_images": ledger.spent,
         "probe_fraction": ledger.spent / full_run, "probe_pieces": ledger.pieces,
         "probe_wall_s": time.perf_counter() - started, "device": str(setup.device),
         "plan": dataclasses.asdict(plan),

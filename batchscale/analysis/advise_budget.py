@@ -5,7 +5,7 @@ it; advise_rules.py holds the rules the trials are judged by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batchscale.analysis.advise_rules import START, config_at, hold_steps, ramp_steps
 from batchscale.config import TrainConfig
@@ -100,3 +100,20 @@ def default_budget(plan: Plan, base_batch: int, full_run: int, epochs: int) -> i
     wanted = max(int(DEFAULT_BUDGET_FRACTION * full_run),
                  plan.fixed_images(base_batch) + DEFAULT_TRIALS * trials)
     return max(plan.needed(base_batch), min(wanted, budget_cap(full_run, epochs)))
+
+
+def fit_context(plan: Plan, base_batch: int, cap: int) -> tuple[Plan, str | None]:
+    """The plan of a default-budget probe whose fixed pieces and first trials do not fit the
+    cap (budget_cap): λ_max and B_noise are context (no verdict reads them), so the noise
+    scale, then the Hessian too, is left out when that brings every batch's first trial within
+    the cap. Returns the plan and what was left out and why (None: nothing)."""
+    needed = plan.needed(base_batch)
+    if needed <= cap:
+        return plan, None
+    for cut in ({"noise_measurements": 0}, {"noise_measurements": 0, "hessian_iters": 0}):
+        smaller = replace(plan, **cut)
+        if smaller.needed(base_batch) <= cap:
+            return smaller, (f"left out: the default budget is at most {cap} images here and "
+                             f"every batch's first trial needs them; --budget-images {needed} "
+                             f"measures it")
+    return plan, None
