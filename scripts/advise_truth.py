@@ -118,7 +118,11 @@ third held-out check of them.
 Round 14 (`--round 14`, written down in session 13 for the next round): three more recipes on the
 larger truth set (ROUND14), written down and split (split14.json, all held out) after round 13's
 probes ran, before any round-13 outcome was scored, before any of their runs existed and before
-any rule was tuned on round 13.
+any rule was tuned on round 13. No rule was tuned for it: round 14 is probed once, right after
+its split, at round 11's frozen rules (2334f9b; FROZEN_AT) with cece359's default budget (a budget
+too small for the context and every first trial leaves out the noise scale, then the Hessian; the
+trials are the same to every loss), declared before its probes ran: a fourth held-out check of
+round 11's rules, whose held-out probes make advise's track record (advise_record.json).
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -407,8 +411,9 @@ def halves(round_: int) -> dict:
 # rounds 5 to 8 are probed at round 4's frozen rules; round 10 at round 9's (no rule was tuned on
 # round 9: declared before round 10's probes ran); round 12 at round 11's (no candidate tuned on
 # rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran); round 13 at round 11's
-# (no candidate replayed on rounds 1-12 was taken: declared before round 13's probes ran)
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11}
+# (no candidate replayed on rounds 1-12 was taken: declared before round 13's probes ran); round
+# 14 at round 11's (no rule tuned; declared before round 14's probes ran)
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11}
 
 
 def split() -> dict:
