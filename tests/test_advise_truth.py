@@ -61,4 +61,6 @@ def test_the_packaged_track_record_is_what_the_committed_probes_give():
     """advise_record.json (what advice.md quotes) is regenerated from the committed held-out
     probes at the current rules and the committed outcomes.json, not typed in."""
     from batchscale.analysis.advise_record import RECORD
-    assert json.loads(RECORD.read_text()) == T.track()
+    record = T.track()
+    assert json.loads(RECORD.read_text()) == record
+    assert (T.OUT / "track-record.md").read_text() == T.track_markdown(record)
