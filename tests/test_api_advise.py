@@ -26,6 +26,7 @@ from batchscale.errors import UserError
 INPUTS, CLASSES = 6, 3
 RECIPE = dict(lr=0.05, base_batch_size=8, scale_rule="linear", warmup_epochs=1, epochs=8,
               threads=1, seed=1)
+CONTEXT_BUDGET = 2400  # holds the noise scale and the Hessian (one run, the default's cap, not)
 
 
 def clusters(n: int = 192, offset: float = 100.0):
@@ -72,7 +73,7 @@ class Pairs(Dataset):
 
 def test_an_mlp_on_tensors_with_its_own_loss_and_optimizer_gets_a_full_record(tmp_path):
     record = advise([8, 32], tmp_path / "advice", model=mlp, dataset=clusters(), loss=hinge,
-                    optimizer=adam, **RECIPE)
+                    optimizer=adam, budget_images=CONTEXT_BUDGET, **RECIPE)
     assert sorted(p.name for p in (tmp_path / "advice").iterdir()) == sorted(OUTPUTS)
     saved = json.loads((tmp_path / "advice" / "advice.json").read_text())
     assert saved["advice"] == record["advice"] and saved["config"] == record["config"]
@@ -97,13 +98,28 @@ def test_an_mlp_on_tensors_with_its_own_loss_and_optimizer_gets_a_full_record(tm
     text = (tmp_path / "advice" / "advice.md").read_text()
     assert "optimizer test_api_advise:adam" in text
     # a user's optimizer is no kind the held-out recipes had: the overall record only
-    assert record["track_record"]["kind"] is None and record["track_record"]["budget"] == "default"
+    assert record["track_record"]["kind"] is None and record["track_record"]["budget"] == "3 trials"
     assert "(a kind no held-out recipe had)" in text
+
+
+def test_a_default_budget_too_small_for_the_context_leaves_it_out_and_says_so(tmp_path):
+    """192 samples × 8 epochs: one run (the cap) holds every first trial only without the noise
+    scale and the Hessian, so the default probe leaves them out, names the budget that measures
+    them, and stays within one run."""
+    record = advise([8, 32], tmp_path / "advice", model=mlp, dataset=clusters(), loss=hinge,
+                    optimizer=adam, **RECIPE)
+    why = record["context_left_out"]
+    assert why.startswith("left out: the default budget is at most 1536 images")
+    assert record["noise"]["why_not"] == why and record["curvature"]["why_not"] == why
+    assert record["probe_images"] <= record["full_run_images"] == 192 * 8
+    assert all(row["trials"] for row in record["rows"])  # every batch its first trial
+    assert f"not measured: {why}" in (tmp_path / "advice" / "advice.md").read_text()
 
 
 def test_a_dataset_class_gives_the_record_of_its_tensors_and_sgd_its_bound(tmp_path):
     x, y = clusters()
-    given = dict(model=mlp, optimizer=sgd, classes=4, quiet=True, **RECIPE)
+    given = dict(model=mlp, optimizer=sgd, classes=4, quiet=True, budget_images=CONTEXT_BUDGET,
+                 **RECIPE)
     from_class = advise([8, 32], tmp_path / "a", dataset=Pairs(x, y), **given)
     from_tensors = advise([8, 32], tmp_path / "b", dataset=(x, y), **given)
     for key in ("advice", "noise", "curvature", "config", "momentum"):
