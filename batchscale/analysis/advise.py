@@ -268,6 +268,19 @@ def budget_line(cfg: TrainConfig, plan: Plan, budget: int, full_run: int) -> str
             f"; base warmup {plan.base_steps} steps")
 
 
+def context_at(setup: Setup, plan: Plan, ledger: Ledger,
+               left_out: str | None) -> tuple[dict, dict]:
+    """B_noise and λ_max at the base state, as planned; a piece the plan left out
+    (fit_context) says why in its `why_not`."""
+    noise = noise_at(setup, plan.noise_measurements, ledger)
+    if left_out and not plan.noise_measurements:
+        noise["why_not"] = left_out
+    if not plan.hessian_iters:
+        return noise, {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
+                       "why_not": left_out or "no Lanczos iteration planned"}
+    return noise, top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
+
+
 def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) -> dict:
     """The probe on a built base setup (`setup.cfg` is the recipe at its base batch; its model
     is trained in place): the record advise.json holds, without writing anything."""
@@ -289,13 +302,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     recipe_groups(setup)
     init = state_of(setup)
     base = warm_up_base(setup, plan.base_steps, ledger)
-    noise = noise_at(setup, plan.noise_measurements, ledger)
-    curvature = (top_curvature(setup, plan.hessian_images, plan.hessian_iters, ledger)
-                 if plan.hessian_iters else
-                 {"lambda_max": None, "iterations": 0, "converged": False, "images": 0,
-                  "why_not": left_out or "no Lanczos iteration planned"})
-    if left_out and not plan.noise_measurements:
-        noise["why_not"] = left_out
+    noise, curvature = context_at(setup, plan, ledger, left_out)
     warm = state_of(setup) if plan.base_steps else init
     sample = fixed_sample(setup, plan.judge_images)
     start_loss, start_share = sample_stats(setup, sample, ledger)
