@@ -124,6 +124,10 @@ too small for the context and every first trial leaves out the noise scale, then
 trials are the same to every loss), declared before its probes ran: a fourth held-out check of
 round 11's rules, whose held-out probes make advise's track record (advise_record.json).
 
+Round 15 (`--round 15`, written down in session 13 for the next round): three more recipes on the
+larger truth set (ROUND15), written down and split (split15.json, all held out) after round 14's
+reports, before any of their runs existed and before any rule was tuned on round 14.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -294,11 +298,21 @@ ROUND14 = {
     "n4k-warmup2-m08-ls": {"optimizer": "sgd", "warmup_epochs": 2, "bn_group": 0,
                            "momentum": 0.8, "label_smoothing": 0.1},
 }
+# Round 15 (session 13, for the next round): three more on the larger truth set, written down and
+# split (split15.json, all held out) after round 14's reports and before any rule was tuned on
+# round 14 or any of their runs existed; every round-1 to 14 recipe tunes.
+ROUND15 = {
+    "n4k-rmsprop-no-warmup": {"optimizer": "rmsprop", "warmup_epochs": 0, "bn_group": 0},
+    "n4k-group4-wd1e3-poly": {"optimizer": "sgd", "warmup_epochs": 1, "bn_group": 4,
+                              "weight_decay": 1e-3, "schedule": "poly"},
+    "n4k-nesterov-warmup3": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 3,
+                             "bn_group": 0},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
-                 13: ROUND13, 14: ROUND14}
-LARGER = (6, 7, 8, 9, 10, 11, 12, 13, 14)  # the rounds on the larger truth set (BASE6, SETUP6)
+                 13: ROUND13, 14: ROUND14, 15: ROUND15}
+LARGER = (6, 7, 8, 9, 10, 11, 12, 13, 14, 15)  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -348,7 +362,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 14: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 15: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -394,11 +408,15 @@ LATER_RULES = {
         "split in session 13 after round 13's probes ran, before any round-13 outcome was scored, "
         "before any of their runs existed and before any rule was tuned on round 13); every "
         "round-1 to 13 recipe tunes; both lengths of a recipe in the same half",
+    15: "round 15: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 13 after round 14's reports, before any of their runs existed and "
+        "before any rule was tuned on round 14); every round-1 to 14 recipe tunes; both lengths "
+        "of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 14: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 15: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -840,7 +858,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 14: three each (split11.json to split14.json)")
+                             "(split10.json); 11 to 15: three each (split11.json to split15.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
