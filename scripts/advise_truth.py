@@ -126,7 +126,10 @@ round 11's rules, whose held-out probes make advise's track record (advise_recor
 
 Round 15 (`--round 15`, written down in session 13 for the next round): three more recipes on the
 larger truth set (ROUND15), written down and split (split15.json, all held out) after round 14's
-reports, before any of their runs existed and before any rule was tuned on round 14.
+reports, before any of their runs existed and before any rule was tuned on round 14. No rule was
+tuned for it either: round 15 is probed once, right after its split, at round 11's frozen rules
+(2334f9b; FROZEN_AT) with cece359's default budget, declared before its probes ran: a fifth
+held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -430,8 +433,8 @@ def halves(round_: int) -> dict:
 # round 9: declared before round 10's probes ran); round 12 at round 11's (no candidate tuned on
 # rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran); round 13 at round 11's
 # (no candidate replayed on rounds 1-12 was taken: declared before round 13's probes ran); round
-# 14 at round 11's (no rule tuned; declared before round 14's probes ran)
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11}
+# 14 and 15 at round 11's (no rule tuned; each declared before its probes ran)
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11}
 
 
 def split() -> dict:
