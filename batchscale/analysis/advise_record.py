@@ -20,6 +20,7 @@ RECORD = Path(__file__).with_name("advise_record.json")
 Z95 = 1.959964  # the standard normal's 97.5% quantile
 BUDGETS = {"default": "the default budget", "3 trials": "3 trials per batch"}
 CLAIMS = {"stable": "trained", "diverges": "diverged"}  # what each verdict claims of the runs
+KINDS = ("sgd with warmup", "sgd without warmup", "rmsprop")  # what kind_of returns
 
 
 def kind_of(config: dict, custom_optimizer: bool = False) -> str | None:
@@ -28,9 +29,9 @@ def kind_of(config: dict, custom_optimizer: bool = False) -> str | None:
     if custom_optimizer:
         return None
     if config.get("optimizer") == "rmsprop":
-        return "rmsprop"
+        return KINDS[2]
     if config.get("optimizer") == "sgd":
-        return "sgd with warmup" if config.get("warmup_epochs", 0) > 0 else "sgd without warmup"
+        return KINDS[0] if config.get("warmup_epochs", 0) > 0 else KINDS[1]
     return None
 
 
