@@ -467,8 +467,27 @@ def metrics_of(directory: Path) -> list[dict]:
             if path.exists() else [])
 
 
+_COMMITTED: dict | None = None
+
+
+def committed_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
+    """The cell's outcome as outcomes.json held it when this process first asked (run dirs are
+    git-ignored: a fresh clone has only this record of the earlier rounds' runs)."""
+    global _COMMITTED
+    if _COMMITTED is None:
+        path = OUT / "outcomes.json"
+        cells = json.loads(path.read_text())["cells"] if path.exists() else []
+        _COMMITTED = {(c["length"], c["recipe"], c["batch"], c["lr"]):
+                      {"outcome": c["outcome"], "seeds": c["seeds"]} for c in cells}
+    return _COMMITTED.get((length, recipe, batch, lr))
+
+
 def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
-    """trains / diverges over the seeds, or None while a seed has no summary."""
+    """trains / diverges over the seeds, or None while a seed has no summary. A cell none of
+    whose seeds has a run dir here is the committed outcome (None if there is none): a report
+    from a fresh clone keeps every earlier cell instead of silently dropping it."""
+    if not any(run_dir(length, recipe, batch, lr, seed).exists() for seed in SEEDS):
+        return committed_outcome(length, recipe, batch, lr)
     seeds = []
     for seed in SEEDS:
         path = run_dir(length, recipe, batch, lr, seed) / "summary.json"
@@ -526,6 +545,10 @@ def train_cell(cell: tuple) -> str:
     from batchscale.engine.train import train
     torch.set_num_threads(1)
     directory = run_dir(*cell)
+    length, recipe, batch, lr, _ = cell
+    if not any(run_dir(length, recipe, batch, lr, seed).exists() for seed in SEEDS) \
+            and committed_outcome(length, recipe, batch, lr) is not None:
+        return f"{cell} in outcomes.json before"
     if (directory / "summary.json").exists():
         summary = json.loads((directory / "summary.json").read_text())
         if summary["status"] in ("completed", "diverged"):
@@ -550,7 +573,7 @@ def run(length: str, jobs: int, batches: list[int] | None = None,
             print(line, flush=True)
 
 
-def collect() -> dict:
+def collect(write: bool = True) -> dict:
     record = {"split": split(), "split2": split2(),
               **{f"split{r}": split_later(r) for r in LATER_RULES},
               "lengths": LENGTHS, "lengths2": LENGTHS2,
@@ -570,8 +593,9 @@ def collect() -> dict:
                     record["cells"].append({"length": length, "recipe": recipe, "batch": batch,
                                             "lr": lr, "peak_lr": lr * batch / base_batch,
                                             **outcome})
-    from batchscale import files
-    files.write_text(OUT / "outcomes.json", json.dumps(record, indent=1) + "\n")
+    if write:
+        from batchscale import files
+        files.write_text(OUT / "outcomes.json", json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -64,3 +64,41 @@ def test_the_packaged_track_record_is_what_the_committed_probes_give():
     record = T.track()
     assert json.loads(RECORD.read_text()) == record
     assert (T.OUT / "track-record.md").read_text() == T.track_markdown(record)
+
+
+@pytest.fixture
+def fresh_clone(tmp_path, monkeypatch):
+    """No run dirs (they are git-ignored), the committed outcomes.json read afresh."""
+    monkeypatch.setattr(T, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(T, "_COMMITTED", None)
+    return tmp_path / "runs"
+
+
+def test_a_fresh_clone_collects_every_committed_cell(fresh_clone):
+    """`report` rebuilds outcomes.json: without the earlier rounds' run dirs it must keep their
+    committed cells, not drop them."""
+    committed = json.loads((T.OUT / "outcomes.json").read_text())["cells"]
+    assert len(committed) > 800
+    assert T.collect(write=False)["cells"] == committed
+
+
+def test_a_run_dir_here_replaces_the_committed_cell(fresh_clone):
+    """A cell trained here is read from its run dirs (a diverged seed makes it diverge), and a
+    committed cell is not retrained."""
+    cell = next(c for c in json.loads((T.OUT / "outcomes.json").read_text())["cells"]
+                if c["outcome"] == "trains" and c["recipe"] not in T.SAME_AT_BASE)
+    key = (cell["length"], cell["recipe"], cell["batch"], cell["lr"])
+    assert T.train_cell((*key, T.SEEDS[0])).endswith("in outcomes.json before")
+    assert not fresh_clone.exists()
+    for seed in T.SEEDS:
+        d = T.run_dir(*key, seed)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(
+            {"status": "diverged" if seed == T.SEEDS[0] else "completed", "reason": "nan",
+             "final_train_acc": 0.1, "epochs_completed": 1}))
+        (d / "metrics.jsonl").write_text(json.dumps(
+            {"epoch": 1, "train_loss": 2.5, "train_acc": 0.1, "test_acc": 0.1}) + "\n")
+    got = next(c for c in T.collect(write=False)["cells"]
+               if (c["length"], c["recipe"], c["batch"], c["lr"]) == key)
+    assert got["outcome"] == "diverges"
+    assert [s["epochs"] for s in got["seeds"]] == [[[1, 2.5, 0.1, 0.1]]] * len(T.SEEDS)
