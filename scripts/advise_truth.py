@@ -456,8 +456,8 @@ def halves(round_: int) -> dict:
 # round 9: declared before round 10's probes ran); round 12 at round 11's (no candidate tuned on
 # rounds 1-11 was taken: declared in 7c9c001 before round 12's probes ran); round 13 at round 11's
 # (no candidate replayed on rounds 1-12 was taken: declared before round 13's probes ran); round
-# 14 and 15 at round 11's (no rule tuned; each declared before its probes ran)
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11}
+# 14, 15 and 16 at round 11's (no rule tuned; each declared before its probes ran)
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11}
 
 
 def split() -> dict:
