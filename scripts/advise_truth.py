@@ -505,11 +505,16 @@ def committed_outcome(length: str, recipe: str, batch: int, lr: float) -> dict |
     return _COMMITTED.get((length, recipe, batch, lr))
 
 
+def trained_here(length: str, recipe: str, batch: int, lr: float) -> bool:
+    """Whether any seed of the cell has a run dir in this checkout."""
+    return any(run_dir(length, recipe, batch, lr, seed).exists() for seed in SEEDS)
+
+
 def cell_outcome(length: str, recipe: str, batch: int, lr: float) -> dict | None:
     """trains / diverges over the seeds, or None while a seed has no summary. A cell none of
     whose seeds has a run dir here is the committed outcome (None if there is none): a report
     from a fresh clone keeps every earlier cell instead of silently dropping it."""
-    if not any(run_dir(length, recipe, batch, lr, seed).exists() for seed in SEEDS):
+    if not trained_here(length, recipe, batch, lr):
         return committed_outcome(length, recipe, batch, lr)
     seeds = []
     for seed in SEEDS:
@@ -569,7 +574,7 @@ def train_cell(cell: tuple) -> str:
     torch.set_num_threads(1)
     directory = run_dir(*cell)
     length, recipe, batch, lr, _ = cell
-    if not any(run_dir(length, recipe, batch, lr, seed).exists() for seed in SEEDS) \
+    if not trained_here(length, recipe, batch, lr) \
             and committed_outcome(length, recipe, batch, lr) is not None:
         return f"{cell} in outcomes.json before"
     if (directory / "summary.json").exists():
