@@ -739,16 +739,30 @@ def cell_verdict(cell: dict, row: dict) -> str:
     return advise_rules.verdict(cell["peak_lr"], row["bracket_low"], row["bracket_high"])[0]
 
 
-def track() -> dict:
+def sweep_complete(recipe: str, cells: list[dict]) -> bool:
+    """Whether `cells` hold the recipe's whole sweep: every short grid point at every B and a
+    long cell at every B."""
+    have = {(c["length"], c["batch"], c["lr"]) for c in cells if c["recipe"] == recipe}
+    setup = setup_of(recipe)
+    return all(("short", b, grid(recipe)[k]) in have and any(
+        length == "long" and batch == b for length, batch, _ in have)
+        for b in setup["batches"] for k in setup["short_points"])
+
+
+def track(cells: list[dict] | None = None) -> dict:
     """The track record (batchscale/analysis/advise_record.json) from the committed held-out
-    probes at the current rules and the committed outcomes.json: per budget, per recipe kind
-    and per verdict, how many cells' runs trained and how many diverged."""
+    probes at the current rules and the committed outcomes.json (or `cells`): per budget, per
+    recipe kind and per verdict, how many cells' runs trained and how many diverged. A round
+    counts once its sweeps are complete: a half-run round would count its cheap cells only."""
     from batchscale.analysis import advise_record
     from batchscale.analysis.advise import rules_record
     rules = rules_record()
-    cells = json.loads((OUT / "outcomes.json").read_text())["cells"]
+    if cells is None:
+        cells = json.loads((OUT / "outcomes.json").read_text())["cells"]
     tallied, rounds, recipes = [], set(), set()
-    for round_, variant in ((r, v) for r in ROUND_RECIPES for v in ("", "-3trials")):
+    complete = [r for r in ROUND_RECIPES
+                if all(sweep_complete(name, cells) for name in halves(r)["held_out"])]
+    for round_, variant in ((r, v) for r in complete for v in ("", "-3trials")):
         budget = "3 trials" if variant else "default"
         for recipe in halves(round_)["held_out"]:
             kind = advise_record.kind_of(RECIPES[recipe])

@@ -66,6 +66,24 @@ def test_the_packaged_track_record_is_what_the_committed_probes_give():
     assert (T.OUT / "track-record.md").read_text() == T.track_markdown(record)
 
 
+def test_a_round_counts_in_the_track_record_once_its_sweeps_are_complete():
+    """Dropping one short cell, or every long cell at one B, of a counted round's recipe takes
+    that whole round out of the record; the other rounds stay."""
+    cells = json.loads((T.OUT / "outcomes.json").read_text())["cells"]
+    counted = T.track(cells)["rounds"]
+    last = counted[-1]
+    recipe = T.halves(last)["held_out"][0]
+    assert T.sweep_complete(recipe, cells)
+    short = next(i for i, c in enumerate(cells) if c["recipe"] == recipe and c["length"] == "short")
+    no_short = cells[:short] + cells[short + 1:]
+    b = T.setup_of(recipe)["batches"][0]
+    no_long = [c for c in cells if not (c["recipe"] == recipe and c["length"] == "long"
+                                        and c["batch"] == b)]
+    for fewer in (no_short, no_long):
+        assert not T.sweep_complete(recipe, fewer)
+        assert T.track(fewer)["rounds"] == [r for r in counted if r != last]
+
+
 @pytest.fixture
 def fresh_clone(tmp_path, monkeypatch):
     """No run dirs (they are git-ignored), the committed outcomes.json read afresh."""
