@@ -1,7 +1,8 @@
 """The ceiling of any bracket: per (recipe, length, B) the one threshold, chosen with hindsight,
 that calls every peak at or below it *stable* and every peak above it *diverges*, scored on the
-larger truth set's held-out rounds (6 to the newest swept). If that is near 100%, the runs are
-nearly monotone in the peak and what misses is the trial, not noise in the truth.
+larger truth set's held-out rounds (6 to the newest whose sweeps are complete). If that is near
+100%, the runs are nearly monotone in the peak and what misses is the trial, not noise in the
+truth.
 
     python docs/results/advise-truth/round13-tuning/ceiling.py   # > ceiling.txt
 """
@@ -17,7 +18,8 @@ import advise_truth as T  # noqa: E402
 cells = json.loads((HERE.parent / "outcomes.json").read_text())["cells"]
 groups = defaultdict(list)
 for cell in cells:
-    if T.round_of(cell["recipe"]) >= 6:
+    if T.round_of(cell["recipe"]) >= 6 and all(
+            T.sweep_complete(name, cells) for name in T.ROUND_RECIPES[T.round_of(cell["recipe"])]):
         groups[T.round_of(cell["recipe"]), cell["recipe"], cell["length"], cell["batch"]].append(
             cell)
 by_round = defaultdict(lambda: [0, 0])
