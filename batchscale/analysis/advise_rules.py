@@ -296,5 +296,8 @@ CANNOT_KNOW = [
     "for what it is, the early-training noise scale.",
     "Instabilities that need more steps at the peak than a trial holds, or that come with the "
     "schedule's later phases; each trial is one seed.",
+    "Whether a short run at a large B gets enough steps to leave chance at all: a trial starts "
+    "from a base state the base batch has already taught (on the truth set every false "
+    "*stable* was at its largest B, mostly 4-epoch runs that never left chance in 62 steps).",
     "Times on other hardware, with other workloads on this machine, or with several workers.",
 ]
