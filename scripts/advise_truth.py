@@ -763,10 +763,16 @@ def sweep_complete(recipe: str, cells: list[dict]) -> bool:
     """Whether `cells` hold the recipe's whole sweep: every short grid point at every B and a
     long cell at every B."""
     have = {(c["length"], c["batch"], c["lr"]) for c in cells if c["recipe"] == recipe}
+    long_batches = {batch for length, batch, _ in have if length == "long"}
     setup = setup_of(recipe)
-    return all(("short", b, grid(recipe)[k]) in have and any(
-        length == "long" and batch == b for length, batch, _ in have)
-        for b in setup["batches"] for k in setup["short_points"])
+    return all(b in long_batches and all(("short", b, grid(recipe)[k]) in have
+                                         for k in setup["short_points"])
+               for b in setup["batches"])
+
+
+def round_complete(round_: int, cells: list[dict]) -> bool:
+    """Whether every recipe of the round has its whole sweep in `cells`."""
+    return all(sweep_complete(name, cells) for name in ROUND_RECIPES[round_])
 
 
 def track(cells: list[dict] | None = None) -> dict:
@@ -780,8 +786,7 @@ def track(cells: list[dict] | None = None) -> dict:
     if cells is None:
         cells = json.loads((OUT / "outcomes.json").read_text())["cells"]
     tallied, rounds, recipes = [], set(), set()
-    complete = [r for r in ROUND_RECIPES
-                if all(sweep_complete(name, cells) for name in halves(r)["held_out"])]
+    complete = [r for r in ROUND_RECIPES if round_complete(r, cells)]
     for round_, variant in ((r, v) for r in complete for v in ("", "-3trials")):
         budget = "3 trials" if variant else "default"
         for recipe in halves(round_)["held_out"]:

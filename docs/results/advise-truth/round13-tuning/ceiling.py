@@ -18,8 +18,7 @@ import advise_truth as T  # noqa: E402
 cells = json.loads((HERE.parent / "outcomes.json").read_text())["cells"]
 groups = defaultdict(list)
 for cell in cells:
-    if T.round_of(cell["recipe"]) >= 6 and all(
-            T.sweep_complete(name, cells) for name in T.ROUND_RECIPES[T.round_of(cell["recipe"])]):
+    if T.round_of(cell["recipe"]) >= 6 and T.round_complete(T.round_of(cell["recipe"]), cells):
         groups[T.round_of(cell["recipe"]), cell["recipe"], cell["length"], cell["batch"]].append(
             cell)
 by_round = defaultdict(lambda: [0, 0])
