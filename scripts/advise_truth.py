@@ -146,6 +146,12 @@ looked at). No rule was tuned for it: round 17 is probed once, in session 15, at
 rules (2334f9b; FROZEN_AT) with cece359's default budget, declared before its probes ran: a
 seventh held-out check of them.
 
+Round 18 (`--round 18`, written down in session 15 for the next round): three more recipes on the
+larger truth set (ROUND18), written down and split (split18.json, all held out) after round 17's
+probes ran, before any round-17 outcome was scored and before any rule was tuned on round 17. Its
+sweeps may start before its rules are chosen; its probes run once, after the rules are frozen or
+declared.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -349,11 +355,23 @@ ROUND17 = {
     "n4k-m08-group2-poly": {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 1,
                             "bn_group": 2, "schedule": "poly"},
 }
+# Round 18 (session 15, for the next round): three more on the larger truth set, written down and
+# split (split18.json, all held out) after round 17's probes ran, before any round-17 outcome was
+# scored and before any rule was tuned on round 17; every round-1 to 17 recipe tunes.
+ROUND18 = {
+    "n4k-no-warmup-nesterov-group4": {"optimizer": "sgd", "nesterov": True, "warmup_epochs": 0,
+                                      "bn_group": 4},
+    "n4k-rmsprop-warmup1-ls-poly": {"optimizer": "rmsprop", "warmup_epochs": 1, "bn_group": 0,
+                                    "label_smoothing": 0.1, "schedule": "poly"},
+    "n4k-m095-warmup2-group4-wd1e3": {"optimizer": "sgd", "momentum": 0.95, "warmup_epochs": 2,
+                                      "bn_group": 4, "weight_decay": 1e-3},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
-                 13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17}
-LARGER = tuple(range(6, 18))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17,
+                 18: ROUND18}
+LARGER = tuple(range(6, 19))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -403,7 +421,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 17: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 18: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -461,11 +479,15 @@ LATER_RULES = {
         "split in session 14 after round 16's reports, before any of their runs existed and "
         "before any rule was tuned on round 16); every round-1 to 16 recipe tunes; both lengths "
         "of a recipe in the same half",
+    18: "round 18: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 15 after round 17's probes ran, before any round-17 outcome was "
+        "scored, before any of their runs existed and before any rule was tuned on round 17); "
+        "every round-1 to 17 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 17: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 18: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -960,7 +982,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 17: three each (split11.json to split17.json)")
+                             "(split10.json); 11 to 18: three each (split11.json to split18.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
