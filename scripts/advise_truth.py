@@ -148,9 +148,11 @@ seventh held-out check of them.
 
 Round 18 (`--round 18`, written down in session 15 for the next round): three more recipes on the
 larger truth set (ROUND18), written down and split (split18.json, all held out) after round 17's
-probes ran, before any round-17 outcome was scored and before any rule was tuned on round 17. Its
-sweeps may start before its rules are chosen; its probes run once, after the rules are frozen or
-declared.
+probes ran, before any round-17 outcome was scored and before any rule was tuned on round 17. No
+rule was tuned for it: round 18 is probed once, in session 15 after round 17's reports, at round
+11's frozen rules (2334f9b; FROZEN_AT) with cece359's default budget, declared before its probes
+ran, while its short sweep ran (a few lines of that sweep's log were seen; no rule was chosen, the
+rules are round 11's): an eighth held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -504,8 +506,10 @@ def halves(round_: int) -> dict:
 # 14, 15, 16 and 17 at round 11's (no rule tuned; each declared before its probes ran). For round
 # 17, "no credit limit for RMSProp", replayed on rounds 6-16, was right on 7 more of 714 cells at
 # both budgets with no added false *stable* (round17-credit/score.txt); not taken: a 1% gain on
-# seen rounds, and new rules would reset the held-out track record (rounds 11-16) to none.
-FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11}
+# seen rounds, and new rules would reset the held-out track record (rounds 11-16) to none. Round 18
+# at round 11's too (no rule tuned on round 17; declared before its probes ran).
+FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
+             18: 11}
 
 
 def split() -> dict:
