@@ -154,6 +154,11 @@ rule was tuned for it: round 18 is probed once, in session 15 after round 17's r
 ran, while its short sweep ran (a few lines of that sweep's log were seen; no rule was chosen, the
 rules are round 11's): an eighth held-out check of them.
 
+Round 19 (`--round 19`, written down in session 15 for the next round): three more recipes on the
+larger truth set (ROUND19), written down and split (split19.json, all held out) after round 18's
+probes ran, before any round-18 outcome was scored, before any of their runs existed and before
+any rule was tuned on round 18. Its probes run once, after the rules are frozen or declared.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -368,12 +373,24 @@ ROUND18 = {
     "n4k-m095-warmup2-group4-wd1e3": {"optimizer": "sgd", "momentum": 0.95, "warmup_epochs": 2,
                                       "bn_group": 4, "weight_decay": 1e-3},
 }
+# Round 19 (session 15, for the next round): three more on the larger truth set, written down and
+# split (split19.json, all held out) after round 18's probes ran, before any round-18 outcome was
+# scored and before any rule was tuned on round 18; every round-1 to 18 recipe tunes.
+ROUND19 = {
+    "n4k-no-warmup-wd1e4-poly": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 0,
+                                 "weight_decay": 1e-4, "schedule": "poly"},
+    "n4k-rmsprop-a095-warmup2-group8": {"optimizer": "rmsprop", "rmsprop_alpha": 0.95,
+                                        "warmup_epochs": 2, "bn_group": 8},
+    "n4k-nesterov-m08-group16-const": {"optimizer": "sgd", "nesterov": True, "momentum": 0.8,
+                                       "warmup_epochs": 1, "bn_group": 16,
+                                       "schedule": "constant"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
                  13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17,
-                 18: ROUND18}
-LARGER = tuple(range(6, 19))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 18: ROUND18, 19: ROUND19}
+LARGER = tuple(range(6, 20))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -423,7 +440,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 18: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 19: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -485,11 +502,15 @@ LATER_RULES = {
         "split in session 15 after round 17's probes ran, before any round-17 outcome was "
         "scored, before any of their runs existed and before any rule was tuned on round 17); "
         "every round-1 to 17 recipe tunes; both lengths of a recipe in the same half",
+    19: "round 19: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 15 after round 18's probes ran, before any round-18 outcome was "
+        "scored, before any of their runs existed and before any rule was tuned on round 18); "
+        "every round-1 to 18 recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 18: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 19: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -986,7 +1007,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 18: three each (split11.json to split18.json)")
+                             "(split10.json); 11 to 19: three each (split11.json to split19.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
