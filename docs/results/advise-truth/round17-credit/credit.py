@@ -5,6 +5,11 @@ smallest failed one) and outcomes.json; no trial is rerun:
 
     python docs/results/advise-truth/round17-credit/credit.py \
         > docs/results/advise-truth/round17-credit/score.txt
+
+The same check on the rounds probed after it was recorded (17-19; it was not chosen on them):
+
+    python docs/results/advise-truth/round17-credit/credit.py 17 19 \
+        > docs/results/advise-truth/round17-credit/score-17-19.txt
 """
 
 import json
@@ -22,11 +27,12 @@ def right(verdict: str, outcome: str) -> bool:
     return {"stable": "trains", "diverges": "diverges"}.get(verdict) == outcome
 
 
-def main() -> None:
+def main(first: int = 6, last: int = 16) -> None:
+    print(f"rounds {first}-{last}")
     cells = json.loads((at.OUT / "outcomes.json").read_text())["cells"]
     for variant in ("", "-3trials"):
         n, score = 0, {"round 11 rules": [0, 0], "no credit limit for RMSProp": [0, 0]}
-        for round_ in range(6, 17):
+        for round_ in range(first, last + 1):
             for recipe in at.halves(round_)["held_out"]:
                 rmsprop = advise_record.kind_of(at.RECIPES[recipe]) == "rmsprop"
                 for length in at.LENGTHS:
@@ -52,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*map(int, sys.argv[1:3]))
