@@ -164,7 +164,10 @@ probes ran and before any of its outcomes was looked at: a ninth held-out check 
 Round 20 (`--round 20`, written down in session 16 for the next round): three more recipes on the
 larger truth set (ROUND20), written down and split (split20.json, all held out) after round 19's
 probes ran, before any round-19 outcome was scored, before any of their runs existed and before
-any rule was tuned on round 19. Its probes run once, after the rules are frozen or declared.
+any rule was tuned on round 19. No rule was tuned for it: round 20 is probed once, in session 16,
+at round 11's frozen rules (2334f9b; FROZEN_AT) with cece359's default budget, declared before its
+probes ran (of its sweep, running then, only a count of finished runs had been seen): a tenth
+held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -554,9 +557,13 @@ def halves(round_: int) -> dict:
 # 11's (declared in session 16 before its probes ran and before any of its outcomes was looked
 # at): the credit candidate was right on 3 more of rounds 17-18's 126 cells at each budget with no
 # added false *stable*, still not taken, since new rules would leave advice.md's track record
-# (rounds 11-18, which the same rules earned) empty; no other candidate was tested.
+# (rounds 11-18, which the same rules earned) empty; no other candidate was tested. Round 20 at
+# round 11's too (declared in session 16 before its probes ran; of its sweep, only a count of the
+# runs finished so far was seen, 34 completed and 16 diverged, no cell): the credit candidate
+# (+4 of rounds 17-19's 189 cells at each budget, none worse) and a 64-step trial ramp
+# (round20-ramp/: +8 of 126 seen cells, at 1.9x the probe images) were not taken.
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11}
+             18: 11, 19: 11, 20: 11}
 
 
 def split() -> dict:
