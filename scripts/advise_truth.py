@@ -767,6 +767,21 @@ def probe_config(recipe: str, length: str) -> tuple[dict, list[int]]:
                       0), setup["batches"])
 
 
+def advise_args(recipe: str, length: str, out: Path, three_trials: bool) -> list[str]:
+    """`batchscale advise`'s arguments for a (recipe, length) probe written to `out`: the run's
+    config as options, the truth set's batches, and with `three_trials` a budget of 3 trials
+    per batch."""
+    cfg, batches = probe_config(recipe, length)
+    args = ["advise", "--batches", ",".join(map(str, batches)), "--out", str(out),
+            "--overwrite", "--quiet"]
+    skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
+    args += [a for key, value in cfg.items() if key not in skip
+             for a in (f"--{key.replace('_', '-')}", str(value))]
+    if three_trials:
+        args += ["--budget-images", str(three_trial_budget(cfg, batches))]
+    return args
+
+
 def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
                 recipes: list[str] | None = None) -> None:
     """`batchscale advise` (default budget) once per (recipe, length) of the half, as a user
@@ -777,17 +792,9 @@ def advise_half(half: str, lengths: list[str] | None = None, round_: int = 1,
     log = []
     for recipe in names:
         for length in lengths or LENGTHS:
-            cfg, batches = probe_config(recipe, length)
-            command = [sys.executable, "-m", "batchscale", "advise", "--batches",
-                       ",".join(map(str, batches)), "--out",
-                       str(advise_dir(half, recipe, length, round_)), "--overwrite", "--quiet"]
-            skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
-            for key, value in cfg.items():
-                if key in skip:
-                    continue
-                command += [f"--{key.replace('_', '-')}", str(value)]
-            if VARIANT:
-                command += ["--budget-images", str(three_trial_budget(cfg, batches))]
+            command = [sys.executable, "-m", "batchscale",
+                       *advise_args(recipe, length, advise_dir(half, recipe, length, round_),
+                                    bool(VARIANT))]
             started = time.time()
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             entry = {"recipe": recipe, "length": length, "command": " ".join(command[1:]),

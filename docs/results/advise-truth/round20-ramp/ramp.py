@@ -41,14 +41,8 @@ def probe() -> None:
         for length in at.LENGTHS:
             if (out_dir(recipe, length) / "advice.json").exists():
                 continue
-            cfg, batches = at.probe_config(recipe, length)
-            command = [sys.executable, "-c", PATCH, "advise", "--batches",
-                       ",".join(map(str, batches)), "--out", str(out_dir(recipe, length)),
-                       "--overwrite", "--quiet",
-                       "--budget-images", str(at.three_trial_budget(cfg, batches))]
-            skip = {"batch_size", "stop_on_collapse", "eval_batch_size", "log_every"}
-            command += [a for k, v in cfg.items() if k not in skip
-                        for a in (f"--{k.replace('_', '-')}", str(v))]
+            command = [sys.executable, "-c", PATCH,
+                       *at.advise_args(recipe, length, out_dir(recipe, length), True)]
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             print(recipe, length, "exit", done.returncode, done.stderr[-300:], flush=True)
             for extra in out_dir(recipe, length).glob("*.png"):
