@@ -6,10 +6,13 @@ smallest failed one) and outcomes.json; no trial is rerun:
     python docs/results/advise-truth/round17-credit/credit.py \
         > docs/results/advise-truth/round17-credit/score.txt
 
-The same check on the rounds probed after it was recorded (17-19; it was not chosen on them):
+The same check on the rounds probed after it was recorded (17-19, then 17-20; it was not chosen
+on them):
 
     python docs/results/advise-truth/round17-credit/credit.py 17 19 \
         > docs/results/advise-truth/round17-credit/score-17-19.txt
+    python docs/results/advise-truth/round17-credit/credit.py 17 20 \
+        > docs/results/advise-truth/round17-credit/score-17-20.txt
 """
 
 import json
