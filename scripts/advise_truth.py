@@ -172,7 +172,9 @@ held-out check of them.
 Round 21 (`--round 21`, written down in session 16 for the next round): three more recipes on the
 larger truth set (ROUND21), written down and split (split21.json, all held out) after round 20's
 probes ran, before any round-20 outcome was scored, before any of their runs existed and before
-any rule was tuned on round 20. Its probes run once, after the rules are frozen or declared.
+any rule was tuned on round 20. No rule was tuned for it: round 21 is probed once, in session 17,
+at round 11's frozen rules (2334f9b; FROZEN_AT) with cece359's default budget, declared before its
+probes ran and before any of its outcomes was looked at: an eleventh held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -583,9 +585,13 @@ def halves(round_: int) -> dict:
 # round 11's too (declared in session 16 before its probes ran; of its sweep, only a count of the
 # runs finished so far was seen, 34 completed and 16 diverged, no cell): the credit candidate
 # (+4 of rounds 17-19's 189 cells at each budget, none worse) and a 64-step trial ramp
-# (round20-ramp/: +8 of 126 seen cells, at 1.9x the probe images) were not taken.
+# (round20-ramp/: +8 of 126 seen cells, at 1.9x the probe images) were not taken. Round 21 at
+# round 11's too (declared in session 17 before its probes ran and before any of its outcomes was
+# looked at): the credit candidate (+6 of rounds 17-20's 252 cells at each budget, none worse) was
+# not taken, and the judge's thresholds replayed on rounds 6-20 (round21-judge/: at most +11 of
+# 966 cells, each with more false *stable* or more *at risk*) gave no candidate.
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11}
+             18: 11, 19: 11, 20: 11, 21: 11}
 
 
 def split() -> dict:
