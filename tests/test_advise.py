@@ -79,6 +79,10 @@ def test_the_search_steps_up_by_four_then_halves_the_log_interval():
 def test_a_long_recipe_credits_a_pass_up_to_four_times_its_peak():
     assert advise_rules.credit_limit(0.5, 30) == 2.0  # 4 × the peak for > 10 epochs
     assert advise_rules.credit_limit(0.5, 10) is None and advise_rules.credit_limit(0.5, 4) is None
+    # RMSProp has no limit (round 22's rules), unless told otherwise
+    assert advise_rules.credit_limit(0.5, 30, "rmsprop") is None
+    assert advise_rules.credit_limit(0.5, 30, "rmsprop", free=()) == 2.0
+    assert advise_rules.credit_limit(0.5, 30, "lars") == 2.0
     long = advise_rules.bracket_search(lambda lr: PASS, 1.0, credit=4.0)
     assert [t["lr"] for t in long.trials] == [1.0, 4.0, 8.0]  # it still looks up to 8×
     assert long.low == 8.0 and long.stable_low == 4.0  # ... but is credited to 4×

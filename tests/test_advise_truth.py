@@ -120,3 +120,41 @@ def test_a_run_dir_here_replaces_the_committed_cell(fresh_clone):
                if (c["length"], c["recipe"], c["batch"], c["lr"]) == key)
     assert got["outcome"] == "diverges"
     assert [s["epochs"] for s in got["seeds"]] == [[[1, 2.5, 0.1, 0.1]]] * len(T.SEEDS)
+
+
+def test_rescoring_a_probe_gives_the_stable_end_its_own_rules_gave():
+    """The track record scores rounds 17-21 at the current rules from their probes' trials
+    (RESCORED): `stable_end` must give every committed held-out row's bracket_low at the rules
+    it ran at (round 11's: no credit-free optimizer; the current ones: CREDIT_FREE), and the
+    current rules must credit an RMSProp 30-epoch pass further than round 11's did."""
+    from batchscale.analysis.advise import rules_record
+    from batchscale.analysis.advise_rules import CREDIT_FREE
+    current = rules_record()
+    checked = credited = 0
+    for path in sorted((T.OUT / "advise").glob("round*/held_out*/*/advice.json")):
+        advice = json.loads(path.read_text())
+        free = (CREDIT_FREE if advice["rules"] == current
+                else () if advice["rules"].get("credit_up") else None)
+        if free is None:
+            continue  # before the credit limit (rounds 1-10): no largest_passed to start from
+        for row in advice["rows"]:
+            assert T.stable_end(row, advice["config"], free) == row["bracket_low"], path
+            checked += 1
+            credited += T.stable_end(row, advice["config"], CREDIT_FREE) != row["bracket_low"]
+    assert checked > 300 and credited > 0
+
+
+def test_only_rescored_rounds_at_the_previous_rules_count():
+    """A probe at round 11's rules counts at the current rules only in a RESCORED round; at any
+    other rules, not at all."""
+    from batchscale.analysis.advise import rules_record
+    rules = rules_record()
+    path = T.advise_dir("held_out", "n4k-rmsprop-a095-warmup1-const", "long", 21) / "advice.json"
+    advice = json.loads(path.read_text())
+    assert advice["rules"] != rules
+    now = T.at_current_rules(advice, 21, rules)
+    assert now["rules"] == rules and now["rows"][0]["batch"] == advice["rows"][0]["batch"]
+    assert T.at_current_rules(advice, 16, rules) is None
+    assert T.at_current_rules({**advice, "rules": {**advice["rules"], "up_step": 2.0}}, 21,
+                              rules) is None
+    assert T.at_current_rules({**advice, "rules": rules}, 16, rules)["rules"] == rules

@@ -83,6 +83,7 @@ from batchscale.analysis.advise_report import OUTPUTS, write_outputs
 from batchscale.analysis.advise_rules import (
     CANNOT_KNOW,
     CREDIT_EPOCHS,
+    CREDIT_FREE,
     CREDIT_UP,
     HOLD_EPOCHS,
     HOLD_MAX,
@@ -153,7 +154,8 @@ def trial_rounds(at: dict, warm: dict, plan: Plan, timing: dict, ledger: Ledger,
     its first trial (smallest first), then one bisection step per batch per round while the
     budget holds it (none when the base state is not `judgeable`, base_learning). Returns the
     brackets and each trial's curve, per B."""
-    brackets = {b: Bracket(s.cfg.peak_lr, credit=credit_limit(s.cfg.peak_lr, s.cfg.epochs))
+    brackets = {b: Bracket(s.cfg.peak_lr,
+                           credit=credit_limit(s.cfg.peak_lr, s.cfg.epochs, s.cfg.optimizer))
                 for b, s in at.items()}
     curves = {b: [] for b in at}
     progress = judgeable
@@ -198,6 +200,7 @@ def rules_record() -> dict:
     return {"start": START, "trial_stream": "the same batches for every trial at a B",
             "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS, "up_step": UP_STEP,
             "credit_up": CREDIT_UP, "credit_epochs": CREDIT_EPOCHS,
+            "credit_free": list(CREDIT_FREE),
             "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
             "share_min": SHARE_MIN, "progress_share": PROGRESS_SHARE,
             "base_must_learn": BASE_MUST_LEARN,

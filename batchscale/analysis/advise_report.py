@@ -107,8 +107,10 @@ def credit_text(rules: dict) -> str:
     """The credit limit on a passed trial, if the record's rules have one."""
     if rules.get("credit_up") is None:
         return ""
+    free = rules.get("credit_free")
     return (f", a pass counting up to {rules['credit_up']:g}× the recipe's peak at most for a "
-            f"recipe of more than {rules['credit_epochs']} epochs")
+            f"recipe of more than {rules['credit_epochs']} epochs"
+            f"{' (any pass counts for ' + ', '.join(free) + ')' if free else ''}")
 
 
 def per_batch_section(record: dict) -> str:
