@@ -179,7 +179,10 @@ probes ran and before any of its outcomes was looked at: an eleventh held-out ch
 Round 22 (`--round 22`, written down in session 17 for the next round): three more recipes on the
 larger truth set (ROUND22), written down and split (split22.json, all held out) after round 21's
 probes ran, before any round-21 outcome was scored, before any of their runs existed and before
-any rule was tuned on round 21. Its probes run once, after the rules are frozen or declared.
+any rule was tuned on round 21. Round 22 is probed once, in session 17, at round 22's frozen rules
+(0741614: round 11's without a credit limit for RMSProp, the candidate written down in 79c1257
+before round 17 was probed) with cece359's default budget, frozen before its probes ran and before
+any of its outcomes was looked at: the first held-out round of those rules.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
