@@ -184,6 +184,11 @@ any rule was tuned on round 21. Round 22 is probed once, in session 17, at round
 before round 17 was probed) with cece359's default budget, frozen before its probes ran and before
 any of its outcomes was looked at: the first held-out round of those rules.
 
+Round 23 (`--round 23`, written down in session 17 for the next round): three more recipes on the
+larger truth set (ROUND23), written down and split (split23.json, all held out) after round 22's
+probes ran and after its outcomes were scored, before any of their runs existed and with no rule
+tuned on round 22. Its probes run once, after the rules are frozen or declared.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -446,12 +451,24 @@ ROUND22 = {
     "n4k-warmup3-group8-const": {"optimizer": "sgd", "warmup_epochs": 3, "bn_group": 8,
                                  "schedule": "constant"},
 }
+# Round 23 (session 17, for the next round): three more on the larger truth set, written down and
+# split (split23.json, all held out) after round 22 was scored, with no rule tuned on it; every
+# round-1 to 22 recipe tunes.
+ROUND23 = {
+    "n4k-no-warmup-group2-poly": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 2,
+                                  "schedule": "poly"},
+    "n4k-rmsprop-warmup3-wd1e4": {"optimizer": "rmsprop", "warmup_epochs": 3, "bn_group": 0,
+                                  "weight_decay": 1e-4},
+    "n4k-nesterov-m095-warmup2-ls": {"optimizer": "sgd", "nesterov": True, "momentum": 0.95,
+                                     "warmup_epochs": 2, "bn_group": 0, "label_smoothing": 0.1},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
                  13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17,
-                 18: ROUND18, 19: ROUND19, 20: ROUND20, 21: ROUND21, 22: ROUND22}
-LARGER = tuple(range(6, 23))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 18: ROUND18, 19: ROUND19, 20: ROUND20, 21: ROUND21, 22: ROUND22,
+                 23: ROUND23}
+LARGER = tuple(range(6, 24))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -501,7 +518,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 22: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 23: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -579,11 +596,15 @@ LATER_RULES = {
         "split in session 17 after round 21's probes ran, before any round-21 outcome was "
         "scored, before any of their runs existed and before any rule was tuned on round 21); "
         "every round-1 to 21 recipe tunes; both lengths of a recipe in the same half",
+    23: "round 23: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 17 after round 22's probes ran and its outcomes were scored, before "
+        "any of their runs existed, with no rule tuned on round 22); every round-1 to 22 recipe "
+        "tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 22: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 23: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -1146,7 +1167,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 22: three each (split11.json to split22.json)")
+                             "(split10.json); 11 to 23: three each (split11.json to split23.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
