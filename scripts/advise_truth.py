@@ -187,7 +187,9 @@ any of its outcomes was looked at: the first held-out round of those rules.
 Round 23 (`--round 23`, written down in session 17 for the next round): three more recipes on the
 larger truth set (ROUND23), written down and split (split23.json, all held out) after round 22's
 probes ran and after its outcomes were scored, before any of their runs existed and with no rule
-tuned on round 22. Its probes run once, after the rules are frozen or declared.
+tuned on round 22. No rule was tuned for it: round 23 is probed once, in session 17, at round 22's
+frozen rules (0741614; FROZEN_AT), declared before its probes ran and before any of its outcomes
+existed: a second held-out check of them.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -635,8 +637,10 @@ def halves(round_: int) -> dict:
 # looked at): the credit candidate (+6 of rounds 17-20's 252 cells at each budget, none worse) was
 # not taken, and the judge's thresholds replayed on rounds 6-20 (round21-judge/: at most +11 of
 # 966 cells, each with more false *stable* or more *at risk*) gave no candidate.
+# Round 23 at round 22's rules (declared in session 17 before its probes ran and before any of its
+# runs existed; no rule tuned on round 22).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11, 21: 11}
+             18: 11, 19: 11, 20: 11, 21: 11, 23: 22}
 
 
 def split() -> dict:
