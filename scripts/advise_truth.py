@@ -957,11 +957,9 @@ RESCORED = tuple(range(17, 22))
 def stable_end(row: dict, config: dict, free: tuple[str, ...]) -> float | None:
     """A probe row's bracket_low (the stable end) at the credit rule whose credit-free
     optimizers are `free`, from its largest passed peak."""
-    from batchscale.analysis import advise_rules
-    low = row["largest_passed"]
-    credit = advise_rules.credit_limit(row["peak_lr"], config["epochs"], config["optimizer"],
-                                       free)
-    return low if low is None or credit is None else min(low, credit)
+    from batchscale.analysis.advise_rules import Bracket, credit_limit
+    credit = credit_limit(row["peak_lr"], config["epochs"], config["optimizer"], free)
+    return Bracket(row["peak_lr"], low=row["largest_passed"], credit=credit).stable_low
 
 
 def at_current_rules(advice: dict, round_: int, rules: dict) -> dict | None:
