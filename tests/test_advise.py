@@ -151,6 +151,19 @@ def test_trial_shape_by_hand():
     assert advise_rules.window_steps(8) == 32 and advise_rules.window_steps(128) == 3
 
 
+def test_trials_from_the_initialization_by_hand(monkeypatch):
+    """INIT_HOLD lengthens and shields only a trial from the initialization (no warmup ramp)."""
+    hold, stop = advise_rules.hold_steps, advise_rules.stop_after
+    monkeypatch.setattr(advise_rules, "INIT_HOLD", 16)
+    assert hold(2, 10_000, from_init=True) == 16
+    assert hold(2, 10_000) == advise_rules.HOLD_MIN  # a warmed-up trial: unchanged
+    assert hold(1000, 10_000, from_init=True) == advise_rules.HOLD_MAX  # a floor, not a cap
+    assert hold(2, 10, from_init=True) == 10  # never more than the recipe holds its peak
+    assert stop(256, 0) == 16 and stop(256, 8) == 3 and stop(8, 0) == 32
+    monkeypatch.setattr(advise_rules, "INIT_HOLD", 0)
+    assert hold(2, 10_000, from_init=True) == advise_rules.HOLD_MIN and stop(256, 0) == 3
+
+
 def test_trial_judgement_by_hand():
     judge = advise_rules.judge_trial
     chance = math.log(10)

@@ -72,7 +72,8 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
     for batch in batches:
         at_b = plan_from_config(config_at(cfg, batch), train_images // batch)
         ramp[batch] = ramp_steps(at_b.warmup_steps)
-        hold[batch] = hold_steps(at_b.steps_per_epoch, at_b.total_steps - at_b.warmup_steps)
+        hold[batch] = hold_steps(at_b.steps_per_epoch, at_b.total_steps - at_b.warmup_steps,
+                                 from_init=at_b.warmup_steps == 0)
     base_plan = plan_from_config(config_at(cfg, base), train_images // base)
     hessian_images = min(max(HESSIAN_IMAGES, cfg.group_size), train_images)
     hessian_images = max(hessian_images - hessian_images % cfg.group_size, 0)

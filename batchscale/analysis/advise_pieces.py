@@ -21,6 +21,7 @@ from batchscale.analysis.advise_rules import (
     exploded,
     input_share,
     judge_trial,
+    stop_after,
     trial_rates,
     window_steps,
 )
@@ -278,7 +279,7 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
     stream = batches_of(at_b, seed_offset)
     batch = at_b.cfg.batch_size
     rates = trial_rates(at_b.cfg.lr, peak, ramp, hold)
-    width = window_steps(batch)
+    width, first_stop = window_steps(batch), stop_after(batch, ramp)
     losses, accs = [], []
     hold_start = None
     for step, lr in enumerate(rates):
@@ -292,7 +293,7 @@ def run_trial(at_b: Setup, warm: dict, peak: float, ramp: int, hold: int, ledger
         accs.append((logits.argmax(1) == labels.to(logits.device)).float().mean().item())
         if not math.isfinite(losses[-1]):
             break
-        if len(losses) >= width and exploded(losses[-width:], accs[-width:], batch, classes):
+        if len(losses) >= first_stop and exploded(losses[-width:], accs[-width:], batch, classes):
             break
     end_loss, end_share = (sample_stats(at_b, sample, ledger) if math.isfinite(losses[-1])
                            else (math.inf, None))

@@ -24,6 +24,11 @@ START = "warm"
 RAMP_STEPS = 8
 HOLD_EPOCHS = 0.25  # hold the peak this many epochs of the recipe at B ...
 HOLD_MIN, HOLD_MAX = 4, 64  # ... but at least / at most this many steps
+# A trial from the initialization (a recipe without warmup: the trial is the run's own first
+# steps at B) holds its peak at least INIT_HOLD steps and is not stopped at an exploded window
+# before then: a run started at a high rate often blows up in its first steps and recovers.
+# 0: no such floor (the rules through round 23).
+INIT_HOLD = 0
 # A batch is *stable* when its peak is at most the bracket's largest stable peak / SAFETY. 1: a
 # trial that passed at the peak itself is enough. On the tuning half (docs/results/advise-truth,
 # round 2) √2 turned 11 right verdicts into *at risk* to avoid 2 false *stable*s.
@@ -75,11 +80,13 @@ CREDIT_FREE = ("rmsprop",)
 WINDOW_IMAGES = 256  # a judging window holds at least this many images (and 3 steps)
 
 
-def hold_steps(steps_per_epoch: int, post_warmup_steps: int) -> int:
+def hold_steps(steps_per_epoch: int, post_warmup_steps: int, from_init: bool = False) -> int:
     """Steps a trial holds the candidate peak: HOLD_EPOCHS of the recipe's epochs at B, within
-    [HOLD_MIN, HOLD_MAX], and never more than the recipe itself holds it (its steps after
-    warmup; at least 3)."""
+    [HOLD_MIN, HOLD_MAX] (at least INIT_HOLD for a trial `from_init`, a recipe without warmup),
+    and never more than the recipe itself holds it (its steps after warmup; at least 3)."""
     steps = min(HOLD_MAX, max(HOLD_MIN, round(HOLD_EPOCHS * steps_per_epoch)))
+    if from_init:
+        steps = max(steps, INIT_HOLD)
     return max(3, min(steps, post_warmup_steps))
 
 
@@ -96,6 +103,12 @@ def trial_rates(start_lr: float, peak: float, ramp: int, hold: int) -> list[floa
 
 def window_steps(batch: int) -> int:
     return max(3, math.ceil(WINDOW_IMAGES / batch))
+
+
+def stop_after(batch: int, ramp: int) -> int:
+    """The fewest steps after which an exploded window stops a trial early: a judging window,
+    and INIT_HOLD for a trial from the initialization (no ramp)."""
+    return max(window_steps(batch), INIT_HOLD if ramp == 0 else 0)
 
 
 # ---------------------------------------------------------------------- judging a trial
