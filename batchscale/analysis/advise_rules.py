@@ -27,7 +27,8 @@ HOLD_MIN, HOLD_MAX = 4, 64  # ... but at least / at most this many steps
 # A trial from the initialization (a recipe without warmup: the trial is the run's own first
 # steps at B) holds its peak at least INIT_HOLD steps and is not stopped at an exploded window
 # before then: a run started at a high rate often blows up in its first steps and recovers.
-# 0: no such floor (the rules through round 23).
+# 0: no such floor, the rules. 16 was piloted on seen rounds and not taken: the longer trials
+# passed at 8 peaks where a 4-epoch run collapsed (docs/results/advise-truth/round24-init/).
 INIT_HOLD = 0
 # A batch is *stable* when its peak is at most the bracket's largest stable peak / SAFETY. 1: a
 # trial that passed at the peak itself is enough. On the tuning half (docs/results/advise-truth,

@@ -9,15 +9,25 @@ and recovers. The candidate (advise_rules.INIT_HOLD): such a trial holds its pea
 INIT_HOLD steps and is not stopped at an exploded window before then; recipes with warmup are
 untouched (their trials are the same).
 
-For every no-warmup recipe of rounds 11-22 (seen: their outcomes are committed; probed at round
-11's rules, which are the current rules for SGD), `probe` runs `batchscale advise` as the truth
-set does at INIT_HOLD = 0 (must reproduce the committed trials), 16 and 32: the 4-epoch probe at
-the default budget and with 3 trials per batch, the 30-epoch probe at the default budget (its
-3-trial probe runs the same trials as the 4-epoch one: the same base, holds and budget). `score`
-scores them against outcomes.json.
+For the no-warmup recipes of rounds 12-22 (seen: their outcomes are committed; probed at
+round 11's rules, which are the current rules for SGD), `probe` runs `batchscale advise` as the
+truth set does at INIT_HOLD = 16: the 4-epoch probe at the default budget and with 3 trials per
+batch, the 30-epoch probe at the default budget (the 30-epoch 3-trial probe runs the same trials
+as the 4-epoch one: the same base, holds and budget). `score` scores them against outcomes.json
+beside the committed probes of the same recipes.
 
-    python docs/results/advise-truth/round24-init/pilot.py probe 0 16 32
-    python docs/results/advise-truth/round24-init/pilot.py score > docs/results/advise-truth/round24-init/score.txt
+Result (session 18, score.txt): not taken, stopped after 4 of the 10 recipes. The longer trials
+passed at 8 peaks where a 4-epoch run at that peak had a seed collapse (the committed trials: at
+none); 3 trials per batch 51/84 cells right with 8 false *stable* against 67/84 with 0. (Said
+plainly: these 3-trial probes were given the budget sized at INIT_HOLD 0, which holds fewer of
+the longer trials; `probe` now sizes it at the candidate. The trial-level table does not depend
+on the budget.) A run from the initialization that blows up in its first steps is mostly a run
+that collapses later; a few more steps of a trial do not tell which.
+
+    python docs/results/advise-truth/round24-init/pilot.py probe 16
+    python docs/results/advise-truth/round24-init/pilot.py probe 0 n4k-no-warmup-poly
+    python docs/results/advise-truth/round24-init/pilot.py score \
+        > docs/results/advise-truth/round24-init/score.txt
 """
 
 import json
@@ -30,10 +40,12 @@ ROOT = Path(__file__).resolve().parents[4]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 
 import advise_truth as at  # noqa: E402
+
 from batchscale.analysis import advise_record  # noqa: E402
+from batchscale.analysis import advise_rules as R  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROUNDS = range(11, 23)
+ROUNDS = range(12, 23)  # round 11 ran at an earlier default budget
 # (length probed, budget, the lengths it scores)
 PROBES = (("short", "-3trials", ("short", "long")), ("short", "", ("short",)),
           ("long", "", ("long",)))
@@ -48,13 +60,16 @@ def out_dir(hold: int, recipe: str, length: str, variant: str) -> Path:
     return HERE / "probes" / f"hold{hold}" / recipe / f"{length}{variant}"
 
 
-def probe(holds: list[int]) -> None:
+def probe(holds: list[int], only: list[str]) -> None:
     for hold in holds:
         for _, recipe in recipes():
+            if only and recipe not in only:
+                continue
             for length, variant, _ in PROBES:
                 out = out_dir(hold, recipe, length, variant)
                 if (out / "advice.json").exists():
                     continue
+                R.INIT_HOLD = hold  # the 3-trial budget is sized from the candidate's plan
                 args = at.advise_args(recipe, length, out, bool(variant))
                 code = ("import sys; from batchscale.analysis import advise_rules as R; "
                         f"R.INIT_HOLD = {hold}; from batchscale.cli import main; "
@@ -92,39 +107,61 @@ def tally(pairs: list) -> str:
 
 def score() -> None:
     cells = json.loads((at.OUT / "outcomes.json").read_text())["cells"]
-    holds = sorted(int(p.name[4:]) for p in (HERE / "probes").iterdir())
     print(f"no-warmup recipes of rounds {ROUNDS[0]}-{ROUNDS[-1]}: "
           f"{', '.join(r for _, r in recipes())}")
-    for budget, variant in (("3 trials per batch", "-3trials"), ("default budget", "")):
-        print(f"\n{budget}:")
-        rows = {"committed": []} | {f"INIT_HOLD {h}": [] for h in holds}
-        images = dict.fromkeys(rows, 0)
-        same = True
-        for round_, recipe in recipes():
-            for length, v, scores in PROBES:
-                if v != variant:
-                    continue
-                base = committed(round_, recipe, length, v)
-                for name in rows:
-                    if name == "committed":
-                        advice = base
-                    else:
-                        path = out_dir(int(name.split()[-1]), recipe, length, v) / "advice.json"
-                        if not path.exists():
-                            continue
-                        advice = json.loads(path.read_text())
-                        if name == "INIT_HOLD 0":
-                            same &= ([r["trials"] for r in advice["rows"]]
-                                     == [r["trials"] for r in base["rows"]])
-                    images[name] += advice["probe_images"]
-                    for scored_length in scores:
-                        epochs = at.epochs_of(recipe, scored_length)
-                        rows[name] += scored(advice, cells, recipe, scored_length, epochs)
-        for name, pairs in rows.items():
-            print(f"  {name}: {tally(pairs)}; probe images {images[name]:,}")
-        if "INIT_HOLD 0" in rows:
-            print(f"  INIT_HOLD 0 reproduces the committed trials: {same}")
+    for hold in sorted(int(p.name[4:]) for p in (HERE / "probes").iterdir()):
+        for budget, variant in (("3 trials per batch", "-3trials"), ("default budget", "")):
+            pairs = {"committed": [], f"INIT_HOLD {hold}": []}
+            images = dict.fromkeys(pairs, 0)
+            same, probed = True, []
+            for round_, recipe in recipes():
+                for length, v, lengths in PROBES:
+                    path = out_dir(hold, recipe, length, v) / "advice.json"
+                    if v != variant or not path.exists():
+                        continue
+                    probed.append(recipe)
+                    base = committed(round_, recipe, length, v)
+                    mine = json.loads(path.read_text())
+                    same &= ([r["trials"] for r in mine["rows"]]
+                             == [r["trials"] for r in base["rows"]])
+                    for name, advice in zip(pairs, (base, mine), strict=True):
+                        images[name] += advice["probe_images"]
+                        for scored_length in lengths:
+                            pairs[name] += scored(advice, cells, recipe, scored_length,
+                                                  at.epochs_of(recipe, scored_length))
+            if not probed:
+                continue
+            print(f"\nINIT_HOLD {hold}, {budget} ({len(set(probed))} recipes, "
+                  f"{len(probed)} probes):")
+            for name, got in pairs.items():
+                print(f"  {name}: {tally(got)}; probe images {images[name]:,}")
+            print(f"  the same trials as committed: {same}")
+        print(f"\nINIT_HOLD {hold}: each distinct trial (B, peak) of these probes against the "
+              f"4-epoch runs at that peak (trial passed/failed -> runs trained/a seed diverged)")
+        for name in ("committed", f"INIT_HOLD {hold}"):
+            table = {}
+            for round_, recipe in recipes():
+                for length, v, _ in PROBES:
+                    path = out_dir(hold, recipe, length, v) / "advice.json"
+                    if not path.exists():
+                        continue
+                    advice = (committed(round_, recipe, length, v) if name == "committed"
+                              else json.loads(path.read_text()))
+                    for row in advice["rows"]:
+                        for t in row["trials"]:
+                            runs = [c["outcome"] for c in cells if c["recipe"] == recipe
+                                    and c["length"] == "short" and c["batch"] == row["batch"]
+                                    and abs(c["peak_lr"] / t["lr"] - 1) < 1e-6]
+                            if runs:
+                                table[(recipe, row["batch"], round(t["lr"], 6))] = (
+                                    "failed" if t["failed"] else "passed", runs[0])
+            counts = {k: sum(x == k for x in table.values())
+                      for k in {x for x in table.values()}}
+            print(f"  {name}: " + ", ".join(f"{a} -> {b}: {n}"
+                                           for (a, b), n in sorted(counts.items())))
 
 
 if __name__ == "__main__":
-    {"probe": lambda: probe([int(h) for h in sys.argv[2:]]), "score": score}[sys.argv[1]]()
+    {"probe": lambda: probe([int(h) for h in sys.argv[2:] if h.isdigit()],
+                            [r for r in sys.argv[2:] if not r.isdigit()]),
+     "score": score}[sys.argv[1]]()
