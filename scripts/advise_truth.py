@@ -191,6 +191,13 @@ tuned on round 22. No rule was tuned for it: round 23 is probed once, in session
 frozen rules (0741614; FROZEN_AT), declared before its probes ran and before any of its outcomes
 existed: a second held-out check of them.
 
+Round 24 (`--round 24`, written down in session 18): three more recipes on the larger truth set
+(ROUND24), written down and split (split24.json, all held out) after round 23's probes ran and
+before any round-23 outcome was scored, before any of their runs existed. No rule was tuned for
+it (session 18's pilot on seen rounds, round24-init/, changed none): round 24 is probed once, in
+session 18, at round 22's frozen rules (0741614; FROZEN_AT), declared before its probes ran and
+before any of its outcomes existed: a third held-out check of them.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -464,13 +471,24 @@ ROUND23 = {
     "n4k-nesterov-m095-warmup2-ls": {"optimizer": "sgd", "nesterov": True, "momentum": 0.95,
                                      "warmup_epochs": 2, "bn_group": 0, "label_smoothing": 0.1},
 }
+# Round 24 (session 18): three more on the larger truth set, written down and split (split24.json,
+# all held out) after round 23's probes ran, before any round-23 outcome was scored and with no
+# rule tuned; every round-1 to 23 recipe tunes.
+ROUND24 = {
+    "n4k-no-warmup-group16-wd1e3": {"optimizer": "sgd", "warmup_epochs": 0, "bn_group": 16,
+                                    "weight_decay": 1e-3},
+    "n4k-rmsprop-a095-group4-ls": {"optimizer": "rmsprop", "rmsprop_alpha": 0.95,
+                                   "warmup_epochs": 1, "bn_group": 4, "label_smoothing": 0.1},
+    "n4k-m08-warmup2-group16-wd1e4": {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 2,
+                                      "bn_group": 16, "weight_decay": 1e-4},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
                  13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17,
                  18: ROUND18, 19: ROUND19, 20: ROUND20, 21: ROUND21, 22: ROUND22,
-                 23: ROUND23}
-LARGER = tuple(range(6, 24))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 23: ROUND23, 24: ROUND24}
+LARGER = tuple(range(6, 25))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -520,7 +538,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 23: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 24: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -602,11 +620,15 @@ LATER_RULES = {
         "split in session 17 after round 22's probes ran and its outcomes were scored, before "
         "any of their runs existed, with no rule tuned on round 22); every round-1 to 22 recipe "
         "tunes; both lengths of a recipe in the same half",
+    24: "round 24: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 18 after round 23's probes ran, before any round-23 outcome was "
+        "scored, before any of their runs existed, with no rule tuned); every round-1 to 23 "
+        "recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 23: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 24: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -1169,7 +1191,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 23: three each (split11.json to split23.json)")
+                             "(split10.json); 11 to 24: three each (split11.json to split24.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
