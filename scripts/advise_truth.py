@@ -660,9 +660,11 @@ def halves(round_: int) -> dict:
 # not taken, and the judge's thresholds replayed on rounds 6-20 (round21-judge/: at most +11 of
 # 966 cells, each with more false *stable* or more *at risk*) gave no candidate.
 # Round 23 at round 22's rules (declared in session 17 before its probes ran and before any of its
-# runs existed; no rule tuned on round 22).
+# runs existed; no rule tuned on round 22). Round 24 at round 22's rules too (declared in session
+# 18 before its probes ran and before any of its runs existed; the round24-init pilot on seen
+# rounds changed no rule).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11, 21: 11, 23: 22}
+             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22}
 
 
 def split() -> dict:
