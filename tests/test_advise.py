@@ -151,6 +151,16 @@ def test_trial_shape_by_hand():
     assert advise_rules.window_steps(8) == 32 and advise_rules.window_steps(128) == 3
 
 
+def test_the_base_state_steps_by_hand(monkeypatch):
+    """Through the warmup, at least an epoch, at most BASE_SHARE of the run."""
+    steps = advise_rules.base_steps
+    assert steps(750, 250, 1000) == 750 and steps(100, 250, 1000) == 250
+    assert steps(100, 250, 200) == 200  # never more than the run
+    monkeypatch.setattr(advise_rules, "BASE_SHARE", 0.5)
+    assert steps(750, 250, 1000) == 500 and steps(400, 250, 1000) == 400
+    assert steps(750, 250, 7500) == 750  # a long run: its whole warmup
+
+
 def test_trials_from_the_initialization_by_hand(monkeypatch):
     """INIT_HOLD lengthens and shields only a trial from the initialization (no warmup ramp)."""
     hold, stop = advise_rules.hold_steps, advise_rules.stop_after

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from batchscale.analysis.advise_rules import START, config_at, hold_steps, ramp_steps
+from batchscale.analysis.advise_rules import (
+    START,
+    base_steps,
+    config_at,
+    hold_steps,
+    ramp_steps,
+)
 from batchscale.config import TrainConfig
 from batchscale.engine.schedule import plan_from_config
 
@@ -79,9 +85,9 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
     hessian_images = max(hessian_images - hessian_images % cfg.group_size, 0)
     judge = min(JUDGE_IMAGES, train_images)
     # the base state: the base batch through the recipe's warmup, at least one epoch
-    base_steps = max(base_plan.warmup_steps, base_plan.steps_per_epoch)
+    steps = base_steps(base_plan.warmup_steps, base_plan.steps_per_epoch, base_plan.total_steps)
     warm = START == "warm" and cfg.warmup_epochs > 0  # no warmup: the run starts at the peak
-    return Plan(base_steps=base_steps if warm else 0,
+    return Plan(base_steps=steps if warm else 0,
                 noise_measurements=NOISE_MEASUREMENTS, hessian_images=hessian_images,
                 hessian_iters=HESSIAN_ITERS, timing_images=(1 + TIMED_STEPS) * sum(batches),
                 ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge)

@@ -22,6 +22,9 @@ from batchscale.engine import collapse
 # half of the truth sweeps (docs/results/advise-truth/README.md says how).
 START = "warm"
 RAMP_STEPS = 8
+# The base state costs at most BASE_SHARE of a run at the base batch: a recipe that warms up for
+# more than that share of its run is warmed up only so far (1.0: through the whole warmup).
+BASE_SHARE = 1.0
 HOLD_EPOCHS = 0.25  # hold the peak this many epochs of the recipe at B ...
 HOLD_MIN, HOLD_MAX = 4, 64  # ... but at least / at most this many steps
 # A trial from the initialization (a recipe without warmup: the trial is the run's own first
@@ -89,6 +92,12 @@ def hold_steps(steps_per_epoch: int, post_warmup_steps: int, from_init: bool = F
     if from_init:
         steps = max(steps, INIT_HOLD)
     return max(3, min(steps, post_warmup_steps))
+
+
+def base_steps(warmup_steps: int, steps_per_epoch: int, total_steps: int) -> int:
+    """Base-batch steps that build the warmed-up base state: through the recipe's warmup, at
+    least one epoch, at most BASE_SHARE of the run's steps (and at most the run)."""
+    return min(max(warmup_steps, steps_per_epoch), int(BASE_SHARE * total_steps), total_steps)
 
 
 def ramp_steps(warmup_steps: int) -> int:
