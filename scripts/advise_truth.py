@@ -986,14 +986,34 @@ def stable_end(row: dict, config: dict, free: tuple[str, ...]) -> float | None:
     return Bracket(row["peak_lr"], low=row["largest_passed"], credit=credit).stable_low
 
 
+# Round 25's rules add BASE_SHARE (the base state costs at most half a run) to round 22's. It
+# changes a probe only where it cuts the base state short: a probe at earlier rules whose base
+# state the current rules build the same way (the same base-batch steps) ran the same trials and
+# budget, so it counts as it is.
+def same_base(advice: dict) -> bool:
+    """Whether the current rules build `advice`'s base state as its probe did: the same
+    base-batch steps for its config, batches and train images."""
+    from batchscale.analysis import advise
+    from batchscale.config import from_dict
+    plan = advise.plan_probe(from_dict(advice["config"]), advice["batches"],
+                             advice["train_images"])
+    return plan.base_steps == advice["plan"]["base_steps"]
+
+
 def at_current_rules(advice: dict, round_: int, rules: dict) -> dict | None:
-    """`advice` as the current rules score it: itself when it ran at them; a RESCORED round's
-    probe at the rules that differ only in credit_free with its rows' stable ends recomputed;
-    None otherwise (it does not count)."""
+    """`advice` as the current rules score it: itself when it ran at them, or at rules without
+    base_share whose base state they build the same way (same_base); a RESCORED round's probe at
+    the rules that differ only in credit_free with its rows' stable ends recomputed; None
+    otherwise (it does not count)."""
     if advice["rules"] == rules:
         return advice
+    ran = dict(advice["rules"])
+    if "base_share" not in ran and "base_share" in rules and same_base(advice):
+        ran["base_share"] = rules["base_share"]
+        if ran == rules:
+            return {**advice, "rules": rules}
     before = {k: v for k, v in rules.items() if k != "credit_free"}
-    if round_ not in RESCORED or advice["rules"] != before:
+    if round_ not in RESCORED or ran != before:
         return None
     from batchscale.analysis.advise_rules import CREDIT_FREE
     rows = [{**row, "bracket_low": stable_end(row, advice["config"], CREDIT_FREE)}
@@ -1023,7 +1043,7 @@ def track(cells: list[dict] | None = None) -> dict:
                 advice = probed and at_current_rules(probed, round_, rules)
                 if advice is None:
                     continue
-                if advice is not probed:
+                if advice["rows"] is not probed["rows"]:
                     rescored.add(round_)
                 for row, mine in probe_cells(advice, cells, recipe, length):
                     rounds.add(round_)
@@ -1042,7 +1062,8 @@ def rescored_text(rounds: list[int]) -> str:
         return ""
     return (f" (rounds {rounds[0]}-{rounds[-1]} were probed at round 11's rules, which differ only "
             f"in the credit limit: scored at the current rules from the same trials; "
-            f"scripts/advise_truth.py RESCORED says why they count)")
+            f"scripts/advise_truth.py RESCORED says why they count; a probe from before "
+            f"BASE_SHARE counts where the current rules build its base state the same way)")
 
 
 def track_markdown(record: dict) -> str:

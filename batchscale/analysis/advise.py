@@ -81,6 +81,7 @@ from batchscale.analysis.advise_pieces import (  # noqa: F401 (advise.X is the p
 from batchscale.analysis.advise_record import track_record
 from batchscale.analysis.advise_report import OUTPUTS, write_outputs
 from batchscale.analysis.advise_rules import (
+    BASE_SHARE,
     CANNOT_KNOW,
     CREDIT_EPOCHS,
     CREDIT_FREE,
@@ -200,7 +201,7 @@ def rules_record() -> dict:
     return {"start": START, "trial_stream": "the same batches for every trial at a B",
             "ramp_steps": RAMP_STEPS, "hold_epochs": HOLD_EPOCHS, "up_step": UP_STEP,
             "credit_up": CREDIT_UP, "credit_epochs": CREDIT_EPOCHS,
-            "credit_free": list(CREDIT_FREE),
+            "credit_free": list(CREDIT_FREE), "base_share": BASE_SHARE,
             "hold_min": HOLD_MIN, "hold_max": HOLD_MAX, "safety": SAFETY,
             "share_min": SHARE_MIN, "progress_share": PROGRESS_SHARE,
             "base_must_learn": BASE_MUST_LEARN,
@@ -268,7 +269,15 @@ def budget_line(cfg: TrainConfig, plan: Plan, budget: int, full_run: int) -> str
     return (f"advise: budget {budget} images ({share:.1%} of a full run at B = "
             f"{cfg.base_batch_size}{'; over 10% because the trials need it' if share > 0.1 else ''}"
             f"{'; more than a run: every batch gets its first trial' if share > 1 else ''})"
-            f"; base warmup {plan.base_steps} steps")
+            f"; base warmup {plan.base_steps} steps{short_base(plan)}")
+
+
+def short_base(plan: Plan) -> str:
+    """Where the base state stops short of the recipe's warmup (BASE_SHARE), a clause saying so."""
+    if not plan.base_steps or plan.base_steps >= plan.warmup_steps:
+        return ""
+    return (f" of the recipe's {plan.warmup_steps} (the base state costs at most "
+            f"{BASE_SHARE:.0%} of a run)")
 
 
 def context_at(setup: Setup, plan: Plan, ledger: Ledger,

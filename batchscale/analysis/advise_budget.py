@@ -56,6 +56,7 @@ class Plan:
     ramp: dict  # B -> ramp steps of a trial
     hold: dict  # B -> held steps of a trial
     judge_images: int  # the fixed sample's loss at the end of a trial (once more at the start)
+    warmup_steps: int = 0  # the recipe's warmup at the base batch (base_steps may stop short)
 
     def trial_images(self, batch: int) -> int:
         judging = self.judge_images * (2 if self.ramp[batch] else 1)
@@ -90,7 +91,8 @@ def plan_probe(cfg: TrainConfig, batches: list[int], train_images: int) -> Plan:
     return Plan(base_steps=steps if warm else 0,
                 noise_measurements=NOISE_MEASUREMENTS, hessian_images=hessian_images,
                 hessian_iters=HESSIAN_ITERS, timing_images=(1 + TIMED_STEPS) * sum(batches),
-                ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge)
+                ramp=ramp, hold=hold, judge_images=judge - judge % cfg.group_size or judge,
+                warmup_steps=base_plan.warmup_steps)
 
 
 def budget_cap(full_run: int, epochs: int) -> int:

@@ -113,6 +113,12 @@ def credit_text(rules: dict) -> str:
             f"{' (any pass counts for ' + ', '.join(free) + ')' if free else ''}")
 
 
+def base_text(rules: dict) -> str:
+    """How far the base state is warmed up, where the rules cap it."""
+    share = rules.get("base_share", 1.0)
+    return "" if share >= 1 else f", or through {share:.0%} of a run where the warmup is longer"
+
+
 def per_batch_section(record: dict) -> str:
     """The per-batch table and how to read it: the trials, the bracket, λ_max and B_noise."""
     rules = record["rules"]
@@ -122,11 +128,12 @@ def per_batch_section(record: dict) -> str:
 {table(record)}
 
 - A *trial* at B starts from the base state (the base batch trained through the recipe's
-  warmup; the initialization without warmup; no trials when a warmed-up base state is still at
-  chance: every B is then *at risk*), ramps from the base lr to a candidate peak in at
-  most {rules['ramp_steps']} steps (the recipe's warmup, compressed) and holds the peak for
-  {rules['hold_epochs']} of the recipe's epochs at B (at least {rules['hold_min']}, at most
-  {rules['hold_max']} steps, never more than the recipe holds it). It *fails* ({rules['judge']}).
+  warmup{base_text(rules)}; the initialization without warmup; no trials when a warmed-up base
+  state is still at chance: every B is then *at risk*), ramps from the base lr to a candidate
+  peak in at most {rules['ramp_steps']} steps (the recipe's warmup, compressed) and holds the
+  peak for {rules['hold_epochs']} of the recipe's epochs at B (at least {rules['hold_min']}, at
+  most {rules['hold_max']} steps, never more than the recipe holds it). It *fails*
+  ({rules['judge']}).
 - Per B the trials bisect the largest stable peak on a log scale from the recipe's peak
   ({search_text(rules)}); *stable*: peak ≤ largest passed / {rules['safety']:g}{credit_text(rules)};
   *diverges*: peak ≥ smallest failed; *at risk*: in between or untested. *margin*: largest passed

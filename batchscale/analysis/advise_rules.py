@@ -23,8 +23,13 @@ from batchscale.engine import collapse
 START = "warm"
 RAMP_STEPS = 8
 # The base state costs at most BASE_SHARE of a run at the base batch: a recipe that warms up for
-# more than that share of its run is warmed up only so far (1.0: through the whole warmup).
-BASE_SHARE = 1.0
+# more than that share of its run is warmed up only so far, and its trials ramp from there (1.0:
+# through the whole warmup, the rules through round 24). Chosen for round 25 on the four seen
+# 4-epoch recipes that warm up for 3 of their 4 epochs (rounds 15, 17, 22, 23), where the probe
+# cost its target missed: at the default budget 125% of a run -> 98-100%, the same verdicts
+# (36/72, 0 false *stable*); with 3 trials per batch 65/72 cells right against 63/72, 0 false
+# *stable* (docs/results/advise-truth/round24-base/). Any other recipe's probe is unchanged.
+BASE_SHARE = 0.5
 HOLD_EPOCHS = 0.25  # hold the peak this many epochs of the recipe at B ...
 HOLD_MIN, HOLD_MAX = 4, 64  # ... but at least / at most this many steps
 # A trial from the initialization (a recipe without warmup: the trial is the run's own first
