@@ -198,6 +198,12 @@ it (session 18's pilot on seen rounds, round24-init/, changed none): round 24 is
 session 18, at round 22's frozen rules (0741614; FROZEN_AT), declared before its probes ran and
 before any of its outcomes existed: a third held-out check of them.
 
+Round 25 (`--round 25`, written down in session 18): three more recipes on the larger truth set
+(ROUND25), two of them warming up for 3 of their 4 epochs (where round 25's BASE_SHARE cuts the
+base state), written down and split (split25.json, all held out) after round 25's rules were
+frozen (7dc4dd0) and before any round-24 outcome was scored, before any of their runs existed.
+Round 25 is probed once at round 25's frozen rules: their first held-out check.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -482,13 +488,25 @@ ROUND24 = {
     "n4k-m08-warmup2-group16-wd1e4": {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 2,
                                       "bn_group": 16, "weight_decay": 1e-4},
 }
+# Round 25 (session 18): three more on the larger truth set, written down and split (split25.json,
+# all held out) after round 25's rules were frozen, before any round-24 outcome was scored; two
+# warm up for 3 of their 4 epochs, where those rules cut the base state; every round-1 to 24
+# recipe tunes.
+ROUND25 = {
+    "n4k-no-warmup-m08-ls-poly": {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 0,
+                                  "bn_group": 0, "label_smoothing": 0.1, "schedule": "poly"},
+    "n4k-rmsprop-a09-warmup3-group16": {"optimizer": "rmsprop", "rmsprop_alpha": 0.9,
+                                        "warmup_epochs": 3, "bn_group": 16},
+    "n4k-warmup3-m095-group4-wd1e4": {"optimizer": "sgd", "momentum": 0.95, "warmup_epochs": 3,
+                                      "bn_group": 4, "weight_decay": 1e-4},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
                  13: ROUND13, 14: ROUND14, 15: ROUND15, 16: ROUND16, 17: ROUND17,
                  18: ROUND18, 19: ROUND19, 20: ROUND20, 21: ROUND21, 22: ROUND22,
-                 23: ROUND23, 24: ROUND24}
-LARGER = tuple(range(6, 25))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 23: ROUND23, 24: ROUND24, 25: ROUND25}
+LARGER = tuple(range(6, 26))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -538,7 +556,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 24: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 25: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -624,11 +642,15 @@ LATER_RULES = {
         "split in session 18 after round 23's probes ran, before any round-23 outcome was "
         "scored, before any of their runs existed, with no rule tuned); every round-1 to 23 "
         "recipe tunes; both lengths of a recipe in the same half",
+    25: "round 25: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 18 after round 25's rules were frozen, before any round-24 outcome "
+        "was scored and before any of their runs existed); every round-1 to 24 recipe tunes; "
+        "both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 24: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 25: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -1214,7 +1236,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 24: three each (split11.json to split24.json)")
+                             "(split10.json); 11 to 25: three each (split11.json to split25.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
