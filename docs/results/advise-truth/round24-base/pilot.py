@@ -19,9 +19,7 @@ as the truth set does at BASE_SHARE = 0.5, at the default budget and with 3 tria
 """
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -30,8 +28,6 @@ sys.path[:0] = [str(ROOT / "scripts"), str(ROOT), str(HERE.parent / "round24-ini
 
 import advise_truth as at  # noqa: E402
 import pilot as init_pilot  # noqa: E402
-
-from batchscale.analysis import advise_rules as R  # noqa: E402
 
 SHARE = 0.5
 RECIPES = ((15, "n4k-nesterov-warmup3"), (17, "n4k-rmsprop-a09-warmup3"),
@@ -44,23 +40,12 @@ def out_dir(recipe: str, variant: str) -> Path:
 
 
 def probe() -> None:
-    R.BASE_SHARE = SHARE  # the 3-trial budget is sized from the candidate's plan
     for _, recipe in RECIPES:
         for variant in VARIANTS:
             out = out_dir(recipe, variant)
             if (out / "advice.json").exists():
                 continue
-            args = at.advise_args(recipe, "short", out, bool(variant))
-            code = ("import sys; from batchscale.analysis import advise_rules as R; "
-                    f"R.BASE_SHARE = {SHARE}; from batchscale.cli import main; "
-                    "sys.exit(main(sys.argv[1:]))")
-            started = time.time()
-            done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT,
-                                  capture_output=True, text=True)
-            print(f"{recipe} short{variant}: exit {done.returncode} in "
-                  f"{time.time() - started:.0f} s", flush=True)
-            if done.returncode:
-                print(done.stderr[-2000:], flush=True)
+            init_pilot.run_probe("BASE_SHARE", SHARE, recipe, "short", variant, out)
 
 
 def score() -> None:

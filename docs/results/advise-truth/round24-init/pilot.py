@@ -69,18 +69,23 @@ def probe(holds: list[int], only: list[str]) -> None:
                 out = out_dir(hold, recipe, length, variant)
                 if (out / "advice.json").exists():
                     continue
-                R.INIT_HOLD = hold  # the 3-trial budget is sized from the candidate's plan
-                args = at.advise_args(recipe, length, out, bool(variant))
-                code = ("import sys; from batchscale.analysis import advise_rules as R; "
-                        f"R.INIT_HOLD = {hold}; from batchscale.cli import main; "
-                        "sys.exit(main(sys.argv[1:]))")
-                started = time.time()
-                done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT,
-                                      capture_output=True, text=True)
-                print(f"hold {hold} {recipe} {length}{variant}: exit {done.returncode} in "
-                      f"{time.time() - started:.0f} s", flush=True)
-                if done.returncode:
-                    print(done.stderr[-2000:], flush=True)
+                run_probe("INIT_HOLD", hold, recipe, length, variant, out)
+
+
+def run_probe(rule: str, value, recipe: str, length: str, variant: str, out: Path) -> None:
+    """`batchscale advise` as the truth set runs it, in a subprocess whose advise_rules.<rule>
+    is `value` (the 3-trial budget sized from the candidate's plan too)."""
+    setattr(R, rule, value)
+    args = at.advise_args(recipe, length, out, bool(variant))
+    code = ("import sys; from batchscale.analysis import advise_rules as R; "
+            f"R.{rule} = {value!r}; from batchscale.cli import main; sys.exit(main(sys.argv[1:]))")
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True)
+    print(f"{rule} {value} {recipe} {length}{variant}: exit {done.returncode} in "
+          f"{time.time() - started:.0f} s", flush=True)
+    if done.returncode:
+        print(done.stderr[-2000:], flush=True)
 
 
 def committed(round_: int, recipe: str, length: str, variant: str) -> dict:
