@@ -212,7 +212,9 @@ rules (7dc4dd0), the current rules: their second held-out check.
 Round 27 (`--round 27`, written down in session 19 for the next round): three more recipes on the
 larger truth set (ROUND27), written down and split (split27.json, all held out) after round 26's
 probes ran and while its sweep ran, before any round-26 outcome was scored and before any of
-their runs existed, with no rule tuned.
+their runs existed, with no rule tuned. Round 27 is probed once, in session 19, at round 25's
+frozen rules (7dc4dd0), the current ones, before any round-26 outcome was scored: their third
+held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -728,7 +730,8 @@ def halves(round_: int) -> dict:
 # Round 23 at round 22's rules (declared in session 17 before its probes ran and before any of its
 # runs existed; no rule tuned on round 22). Round 24 at round 22's rules too (declared in session
 # 18 before its probes ran and before any of its runs existed; the round24-init pilot on seen
-# rounds changed no rule). Rounds 25 and 26 at round 25's rules, the current ones (no entry).
+# rounds changed no rule). Rounds 25, 26 and 27 at round 25's rules, the current ones (no
+# entry).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
              18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22}
 
