@@ -730,10 +730,12 @@ def halves(round_: int) -> dict:
 # Round 23 at round 22's rules (declared in session 17 before its probes ran and before any of its
 # runs existed; no rule tuned on round 22). Round 24 at round 22's rules too (declared in session
 # 18 before its probes ran and before any of its runs existed; the round24-init pilot on seen
-# rounds changed no rule). Rounds 25, 26 and 27 at round 25's rules, the current ones (no
-# entry).
+# rounds changed no rule). Rounds 26 and 27 at round 25's rules, the current ones (round 26's
+# declared in its split commit, a18473f, before its probes ran; round 27's probes ran at the same
+# rules, their advice.json record them, as their commit 07c1abd says). The two entries were added
+# after round 26 was scored, when its report could not name the frozen commit without them.
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22}
+             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25}
 
 
 def split() -> dict:
