@@ -6,6 +6,7 @@ held-out probes ran at one set of rules.
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +45,23 @@ def test_held_out_recipes_are_new(round_):
 def test_frozen_rules_come_before_the_round():
     assert all(frozen < round_ for round_, frozen in T.FROZEN_AT.items())
     assert set(T.FROZEN_AT) <= set(ROUNDS)
+
+
+@pytest.mark.parametrize("round_", [r for r in ROUNDS if r >= 2])
+def test_every_probed_round_names_the_commit_that_froze_its_rules(round_):
+    """A round's report names the "FROZEN RULES (round N)" commit of N = FROZEN_AT.get(round,
+    round); a round probed at an earlier round's rules without its FROZEN_AT entry named none
+    (round 26's first report said "unknown")."""
+    if not sorted((T.OUT / "advise" / f"round{round_}").glob("held_out*/*/advice.json")):
+        pytest.skip(f"round {round_} has no committed held-out probes yet")
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+    if shallow != "false":
+        pytest.skip("needs the repository's whole history (a shallow or missing git clone)")
+    subjects = subprocess.run(["git", "log", "--format=%s"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    marker = f"FROZEN RULES (round {T.FROZEN_AT.get(round_, round_)})"
+    assert any(subject.startswith(marker) for subject in subjects), marker
 
 
 @pytest.mark.parametrize("round_", [r for r in ROUNDS if r >= 6])
