@@ -218,8 +218,9 @@ held-out check.
 
 Round 28 (`--round 28`, written down in session 19 for the next round): three more recipes on the
 larger truth set (ROUND28), written down and split (split28.json, all held out) after round 27 was
-scored, with no rule tuned on it, before any of their runs existed; to be probed at the rules
-current when its probes run, declared before they run.
+scored, with no rule tuned on it, before any of their runs existed. Round 28 is probed once, in
+session 20, at round 25's frozen rules (7dc4dd0), the current ones, declared before its probes ran
+and before any of its runs existed: their fourth held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -753,9 +754,11 @@ def halves(round_: int) -> dict:
 # rounds changed no rule). Rounds 26 and 27 at round 25's rules, the current ones (round 26's
 # declared in its split commit, a18473f, before its probes ran; round 27's probes ran at the same
 # rules, their advice.json record them, as their commit 07c1abd says). The two entries were added
-# after round 26 was scored, when its report could not name the frozen commit without them.
+# after round 26 was scored, when its report could not name the frozen commit without them. Round
+# 28 at round 25's rules too (declared in session 20 before its probes ran and before any of its
+# runs existed; no rule tuned on round 27).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25}
+             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25, 28: 25}
 
 
 def split() -> dict:
