@@ -225,7 +225,9 @@ and before any of its runs existed: their fourth held-out check.
 Round 29 (`--round 29`, written down in session 20 for the next round): three more recipes on the
 larger truth set (ROUND29), written down and split (split29.json, all held out) after round 28's
 probes ran and before any round-28 outcome was scored, before any of their runs existed, with no
-rule tuned; to be probed at the rules current when its probes run, declared before they run.
+rule tuned. Round 29 is probed once, in session 20, at round 25's frozen rules (7dc4dd0), the
+current ones, declared before its probes ran, before any of its runs existed and before any
+round-28 outcome was scored: their fifth held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -778,9 +780,11 @@ def halves(round_: int) -> dict:
 # rules, their advice.json record them, as their commit 07c1abd says). The two entries were added
 # after round 26 was scored, when its report could not name the frozen commit without them. Round
 # 28 at round 25's rules too (declared in session 20 before its probes ran and before any of its
-# runs existed; no rule tuned on round 27).
+# runs existed; no rule tuned on round 27). Round 29 at round 25's rules too (declared in session 20
+# before its probes ran, before any of its runs existed and before any round-28 outcome was scored).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
-             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25, 28: 25}
+             18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25, 28: 25,
+             29: 25}
 
 
 def split() -> dict:
