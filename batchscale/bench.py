@@ -49,6 +49,7 @@ from batchscale.engine.setup import build
 from batchscale.engine.step import compile_model, prepare_input, train_step
 from batchscale.engine.train import Position, StopFlag, finish_epoch, train_epoch
 from batchscale.errors import UserError
+from batchscale.machine import load
 
 # Settings of the issue's targets; any training option given on the command line wins.
 BENCH_DEFAULTS = dict(dataset="sample", width=16, batch_size=128, base_batch_size=128, lr=0.1,
@@ -227,14 +228,6 @@ def bench_ghost(cfg: TrainConfig, steps: int = 4) -> dict:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def load() -> float | None:
-    """The 1-minute load average (other processes share these cores)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def settings(cfg: TrainConfig, device: torch.device) -> dict:

@@ -10,10 +10,12 @@ import copy
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
 
+from batchscale import machine
 from batchscale.analysis import advise, advise_record, advise_report, advise_rules, hessian
 from batchscale.cli import main
 
@@ -302,8 +304,10 @@ SHORT = ["--dataset", "sample", "--width", "4", "--train-subset", "256", "--base
          "--threads", "1", "--seed", "3"]
 
 
-def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
+def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys, monkeypatch):
     out = tmp_path / "advice"
+    busy = 2.0 * (os.cpu_count() or 1)  # other work on every core as the probe starts
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (busy, busy, busy))
     assert main(["advise", *SHORT, "--batches", "8,32", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / advise_report.RESULT_JSON).read_text())
     assert record["budget_default"] and record["budget_images"] >= 256 * 2 // 10
@@ -327,6 +331,8 @@ def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys):
     assert all("predicted_steps" not in row for row in record["rows"])  # removed
     text = (out / advise_report.RESULT_MD).read_text()
     assert "## Advice" in text and "cannot know" in text and "A *trial* at B" in text
+    assert record["machine_load"] == {"load_1m_at_start": busy, "cpus": os.cpu_count()}
+    assert f"1-minute load average {busy:g} on {os.cpu_count()} CPUs" in text
     assert (out / advise_report.RESULT_PNG).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert printed.startswith("| B |") and "advice: B = " in printed
@@ -558,3 +564,19 @@ def test_leaving_out_the_context_leaves_every_trial_as_it_was(tmp_path, monkeypa
         assert [t["lr"] for t in a["trials"]] == [t["lr"] for t in b["trials"]]
         assert [c["losses"] for c in a["curves"]] == [c["losses"] for c in b["curves"]]
         assert a["verdict"] == b["verdict"] and len(a["trials"]) > 1
+
+
+def test_img_s_timed_while_other_work_ran_say_so(monkeypatch):
+    def no_load():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (3.0, 1.0, 0.5))
+    assert machine.load() == 3.0  # the 1-minute figure
+    monkeypatch.setattr(machine.os, "getloadavg", no_load)
+    assert machine.load() is None
+    busy = advise_report.load_text({"machine_load": {"load_1m_at_start": 2.0, "cpus": 4}})
+    assert "other work ran on this machine" in busy and "2 on 4 CPUs" in busy
+    for idle in ({"machine_load": {"load_1m_at_start": 1.9, "cpus": 4}},  # under half the cores
+                 {"machine_load": {"load_1m_at_start": None, "cpus": 4}},  # no load average
+                 {}):  # a record from before the field
+        assert advise_report.load_text(idle) == ""

@@ -46,6 +46,7 @@ import os
 import time
 from pathlib import Path
 
+from batchscale import machine
 from batchscale.analysis.advise_budget import (  # noqa: F401 (advise.X is the public name)
     DEFAULT_BUDGET_FRACTION,
     DEFAULT_TRIALS,
@@ -297,7 +298,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
     """The probe on a built base setup (`setup.cfg` is the recipe at its base batch; its model
     is trained in place): the record advise.json holds, without writing anything."""
     say = say or (lambda *_: None)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), machine.load()
     cfg = setup.cfg
     train_images = len(setup.train)
     too_big = [b for b in batches if b > train_images]
@@ -341,6 +342,7 @@ def probe(setup: Setup, batches: list[int], budget_images: int = 0, say=None) ->
         "probe_images": ledger.spent,
         "probe_fraction": ledger.spent / full_run, "probe_pieces": ledger.pieces,
         "probe_wall_s": time.perf_counter() - started, "device": str(setup.device),
+        "machine_load": {"load_1m_at_start": load_at_start, "cpus": os.cpu_count()},
         "plan": dataclasses.asdict(plan),
         "base": {**base, "sample_loss": start_loss, "sample_share": start_share},
         "noise": noise, "curvature": curvature,

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from batchscale import files
+from batchscale import files, machine
 from batchscale.analysis.advise_record import record_text
 
 RESULT_JSON, RESULT_MD, RESULT_PNG = "advice.json", "advice.md", "advice.png"
@@ -119,6 +119,17 @@ def base_text(rules: dict) -> str:
     return "" if share >= 1 else f", or through {share:.0%} of a run where the warmup is longer"
 
 
+def load_text(record: dict) -> str:
+    """A warning under the table where img/s were timed while other work shared the cores (the
+    1-minute load average as the probe started); nothing for an idle machine or an older record."""
+    load = record.get("machine_load") or {}
+    if not machine.loaded(load.get("load_1m_at_start"), load.get("cpus")):
+        return ""
+    return (f"\n**img/s were timed while other work ran on this machine** (1-minute load average "
+            f"{load['load_1m_at_start']:g} on {load['cpus']} CPUs as the probe started): on an "
+            f"idle machine they are higher.\n")
+
+
 def per_batch_section(record: dict) -> str:
     """The per-batch table and how to read it: the trials, the bracket, λ_max and B_noise."""
     rules = record["rules"]
@@ -126,7 +137,7 @@ def per_batch_section(record: dict) -> str:
     return f"""## Per batch
 
 {table(record)}
-
+{load_text(record)}
 - A *trial* at B starts from the base state (the base batch trained through the recipe's
   warmup{base_text(rules)}; the initialization without warmup; no trials when a warmed-up base
   state is still at chance: every B is then *at risk*), ramps from the base lr to a candidate
