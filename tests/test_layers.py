@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "batchscale"
 LAYERS = {"core": 0, "engine": 1, "analysis": 2, "results": 3, "study": 4, "face": 5}
 FACES = {"cli", "bench", "__main__", "api", "integrations"}  # api: the Python face
-CORE = {"__init__", "errors", "config", "config_checks", "files"}
+CORE = {"__init__", "errors", "config", "config_checks", "files", "machine"}
 
 
 def layer(module: str) -> str:
