@@ -332,7 +332,7 @@ def test_a_default_budget_run_of_a_short_recipe(tmp_path, capsys, monkeypatch):
     text = (out / advise_report.RESULT_MD).read_text()
     assert "## Advice" in text and "cannot know" in text and "A *trial* at B" in text
     assert record["machine_load"] == {"load_1m_at_start": busy, "cpus": os.cpu_count()}
-    assert f"1-minute load average {busy:g} on {os.cpu_count()} CPUs" in text
+    assert f"1-minute load average was {busy:g} on {os.cpu_count()} CPUs" in text
     assert (out / advise_report.RESULT_PNG).read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert printed.startswith("| B |") and "advice: B = " in printed
@@ -566,7 +566,7 @@ def test_leaving_out_the_context_leaves_every_trial_as_it_was(tmp_path, monkeypa
         assert a["verdict"] == b["verdict"] and len(a["trials"]) > 1
 
 
-def test_img_s_timed_while_other_work_ran_say_so(monkeypatch):
+def test_img_s_timed_on_a_busy_machine_say_so(monkeypatch):
     def no_load():
         raise OSError("no load average here")
 
@@ -575,7 +575,7 @@ def test_img_s_timed_while_other_work_ran_say_so(monkeypatch):
     monkeypatch.setattr(machine.os, "getloadavg", no_load)
     assert machine.load() is None
     busy = advise_report.load_text({"machine_load": {"load_1m_at_start": 2.0, "cpus": 4}})
-    assert "other work ran on this machine" in busy and "2 on 4 CPUs" in busy
+    assert "lower than on an idle machine" in busy and "was 2 on 4 CPUs" in busy
     for idle in ({"machine_load": {"load_1m_at_start": 1.9, "cpus": 4}},  # under half the cores
                  {"machine_load": {"load_1m_at_start": None, "cpus": 4}},  # no load average
                  {}):  # a record from before the field

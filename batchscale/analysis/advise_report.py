@@ -120,14 +120,15 @@ def base_text(rules: dict) -> str:
 
 
 def load_text(record: dict) -> str:
-    """A warning under the table where img/s were timed while other work shared the cores (the
-    1-minute load average as the probe started); nothing for an idle machine or an older record."""
+    """A warning under the table where img/s may have been timed while other work shared the
+    cores (the 1-minute load average as the probe started); nothing for an idle machine or an
+    older record."""
     load = record.get("machine_load") or {}
     if not machine.loaded(load.get("load_1m_at_start"), load.get("cpus")):
         return ""
-    return (f"\n**img/s were timed while other work ran on this machine** (1-minute load average "
-            f"{load['load_1m_at_start']:g} on {load['cpus']} CPUs as the probe started): on an "
-            f"idle machine they are higher.\n")
+    return (f"\n**img/s may be lower than on an idle machine**: the 1-minute load average was "
+            f"{load['load_1m_at_start']:g} on {load['cpus']} CPUs as the probe started (other "
+            f"work on these cores, or work that had just ended).\n")
 
 
 def per_batch_section(record: dict) -> str:
