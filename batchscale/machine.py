@@ -15,6 +15,7 @@ def load() -> float | None:
 
 
 def loaded(load_1m: float | None, cpus: int | None) -> bool:
-    """Whether a load average taken before our own work started says other work was sharing
-    the cores: at least half of them busy."""
+    """Whether a load average taken as our own work starts says the cores were busy (at least
+    half of them): other work still running, or work that had just ended; the average cannot
+    tell which."""
     return load_1m is not None and bool(cpus) and load_1m >= 0.5 * cpus
