@@ -245,8 +245,9 @@ round-30 outcome was scored: their seventh held-out check.
 
 Round 32 (`--round 32`, written down in session 21 for the next round): three more recipes on the
 larger truth set (ROUND32), written down and split (split32.json, all held out) after round 31 was
-scored, with no rule tuned, before any of their runs existed; to be probed at the rules current
-when its probes run, declared before they run.
+scored, with no rule tuned, before any of their runs existed. Round 32 is probed once, in session
+21, at round 25's frozen rules (7dc4dd0), the current ones, declared before its probes ran and
+before any of its runs existed: their eighth held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -860,9 +861,11 @@ def halves(round_: int) -> dict:
 # its outcomes was read; no rule tuned on rounds 28-29).
 # Round 31 at round 25's rules too (declared in session 21 before its probes ran, before any of its
 # runs existed and before any round-30 outcome was scored).
+# Round 32 at round 25's rules too (declared in session 21 before its probes ran and before any of
+# its runs existed; no rule tuned on rounds 30-31).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
              18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25, 28: 25,
-             29: 25, 30: 25, 31: 25}
+             29: 25, 30: 25, 31: 25, 32: 25}
 
 
 def split() -> dict:
