@@ -249,6 +249,12 @@ scored, with no rule tuned, before any of their runs existed. Round 32 is probed
 21, at round 25's frozen rules (7dc4dd0), the current ones, declared before its probes ran and
 before any of its runs existed: their eighth held-out check.
 
+Round 33 (`--round 33`, written down in session 22 for the next round): three more recipes on the
+larger truth set (ROUND33), written down and split (split33.json, all held out) after round 32's
+probes ran and before any round-32 outcome was scored, before any of their runs existed, with no
+rule tuned. Round 33 is to be probed at the rules current when it is declared, before its probes
+run.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -636,6 +642,20 @@ ROUND32 = {
                                                "warmup_epochs": 1, "bn_group": 4,
                                                "weight_decay": 1e-4, "schedule": "poly"},
 }
+# Round 33 (session 22, for the next round): three more on the larger truth set, written down and
+# split (split33.json, all held out) after round 32's probes ran, before any round-32 outcome was
+# scored, with no rule tuned; every round-1 to 32 recipe tunes.
+ROUND33 = {
+    "n4k-no-warmup-nesterov-m08-group2-ls-poly": {"optimizer": "sgd", "nesterov": True,
+                                                  "momentum": 0.8, "warmup_epochs": 0,
+                                                  "bn_group": 2, "label_smoothing": 0.1,
+                                                  "schedule": "poly"},
+    "n4k-rmsprop-warmup2-group4-wd1e3": {"optimizer": "rmsprop", "warmup_epochs": 2,
+                                         "bn_group": 4, "weight_decay": 1e-3},
+    "n4k-m08-warmup3-group8-ls-const": {"optimizer": "sgd", "momentum": 0.8, "warmup_epochs": 3,
+                                        "bn_group": 8, "label_smoothing": 0.1,
+                                        "schedule": "constant"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
@@ -643,8 +663,8 @@ ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND
                  18: ROUND18, 19: ROUND19, 20: ROUND20, 21: ROUND21, 22: ROUND22,
                  23: ROUND23, 24: ROUND24, 25: ROUND25, 26: ROUND26,
                  27: ROUND27, 28: ROUND28, 29: ROUND29, 30: ROUND30,
-                 31: ROUND31, 32: ROUND32}
-LARGER = tuple(range(6, 33))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 31: ROUND31, 32: ROUND32, 33: ROUND33}
+LARGER = tuple(range(6, 34))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -694,7 +714,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 32: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 33: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -812,11 +832,15 @@ LATER_RULES = {
         "split in session 21 after round 31 was scored, with no rule tuned, before any of their "
         "runs existed); every round-1 to 31 recipe tunes; both lengths of a recipe in the same "
         "half",
+    33: "round 33: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 22 after round 32's probes ran, before any round-32 outcome was "
+        "scored, before any of their runs existed, with no rule tuned); every round-1 to 32 "
+        "recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 32: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 33: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -1415,7 +1439,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 32: three each (split11.json to split32.json)")
+                             "(split10.json); 11 to 33: three each (split11.json to split33.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
