@@ -259,8 +259,8 @@ round-32 outcome was scored: their ninth held-out check.
 Round 34 (`--round 34`, written down in session 22 for the next round): three more recipes on the
 larger truth set (ROUND34), written down and split (split34.json, all held out) after round 33's
 probes ran and before any round-33 outcome was scored, before any of their runs existed, with no
-rule tuned. Round 34 is to be probed once, at round 25's frozen rules (7dc4dd0), the current
-ones, declared in session 22 before its probes ran, before any of its runs existed and before any
+rule tuned. Round 34 is probed once, in session 22, at round 25's frozen rules (7dc4dd0), the
+current ones, declared before its probes ran, before any of its runs existed and before any
 round-33 outcome was scored: their tenth held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
