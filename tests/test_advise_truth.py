@@ -217,3 +217,52 @@ def test_a_recipe_warming_up_for_most_of_its_run_gets_its_first_trials_within_on
         assert plan.needed(cfg.base_batch_size) <= budget <= full_run
         assert f"base warmup {plan.base_steps} steps of the recipe's {plan.warmup_steps}" in (
             advise.budget_line(cfg, plan, budget, full_run))
+
+
+def _totals_module():
+    import importlib.util
+    path = T.OUT / "totals" / "totals.py"
+    spec = importlib.util.spec_from_file_location("advise_truth_totals", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_totals_parse_a_reports_targets_table():
+    """The totals read the four counts from a report's targets table (hand-written rows in the
+    report's own format), and a report missing a row is an error, not a silent zero."""
+    totals = _totals_module()
+    text = ("| verdicts correct (...) | ≥ 90% | 52/63 = 83% (1 at risk) |\n"
+            "| 'stable' where a seed collapsed | 0 | 3 |\n"
+            "| of those cells, the recipe's own peak | – | 7/10 right, 0 at risk |\n"
+            "| measured boundary inside the bracket | ≥ 80% of (recipe, B) | 5/6 = 83% |\n")
+    assert totals.parse(text) == {"right": 52, "n": 63, "at_risk": 1, "false_stable": 3,
+                                  "own": 7, "own_n": 10, "brackets": 5, "brackets_n": 6}
+    with pytest.raises(ValueError, match="false_stable"):
+        totals.parse(text.replace("| 0 | 3 |", "| 0 | three |"))
+
+
+def test_the_docs_quote_the_totals_of_the_committed_reports():
+    """README.md and docs/advise.md quote rounds 6 to the newest reported round; the numbers are
+    the sums over the committed reports (totals.py), not typed-in ones, and totals.txt is the
+    script's current output."""
+    totals = _totals_module()
+    rounds = totals.reported_rounds()
+    data = totals.totals()
+    default, trials = data["default budget"]["sum"], data["3 trials per batch"]["sum"]
+    last = rounds[-1]
+    assert trials["n"] == default["n"]
+    readme = (ROOT / "README.md").read_text()
+    advise_md = (ROOT / "docs" / "advise.md").read_text()
+    n = f"{trials['n']:,}"
+    assert f"Held out (rounds 6–{last}, {n} cells," in readme
+    assert f"({default['at_risk']} *at risk*), {trials['right']}/{trials['n']} = " in readme
+    assert f'false "stable" {default["false_stable"]} and {trials["false_stable"]}' in readme
+    advise_md = " ".join(advise_md.split())  # its lines wrap anywhere
+    assert (f"**Rounds 6–{last}** ({n} cells): {default['right']}/{default['n']} = "
+            f"{default['right'] / default['n']:.0%} at the default ({default['at_risk']} at risk), "
+            f"{trials['right']}/{trials['n']} = {trials['right'] / trials['n']:.0%} with 3 trials; "
+            f'false "stable" {default["false_stable"]} and {trials["false_stable"]}') in advise_md
+    out = subprocess.run([sys.executable, str(T.OUT / "totals" / "totals.py")], check=True,
+                         capture_output=True, text=True).stdout
+    assert out == (T.OUT / "totals" / "totals.txt").read_text()
