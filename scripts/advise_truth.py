@@ -284,6 +284,12 @@ rule tuned. Round 37 is to be probed once, at round 25's frozen rules (7dc4dd0),
 ones, declared in session 24 before its probes ran, before any of its runs existed and before any
 round-36 outcome was scored: their thirteenth held-out check.
 
+Round 38 (`--round 38`, written down in session 24 for the next round): three more recipes on the
+larger truth set (ROUND38), written down and split (split38.json, all held out) after round 37's
+probes ran and before any round-37 outcome was scored, before any of their runs existed, with no
+rule tuned. Round 38 is to be probed at the rules current when it is declared, before its probes
+run.
+
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
 of a recipe fall in the same half.
@@ -741,6 +747,20 @@ ROUND37 = {
                                            "momentum": 0.8, "warmup_epochs": 2, "bn_group": 8,
                                            "label_smoothing": 0.1},
 }
+# Round 38 (session 24, for the next round): three more on the larger truth set, written down and
+# split (split38.json, all held out) after round 37's probes ran, before any round-37 outcome was
+# scored, with no rule tuned; every round-1 to 37 recipe tunes.
+ROUND38 = {
+    "n4k-no-warmup-nesterov-m095-group8-ls": {"optimizer": "sgd", "nesterov": True,
+                                              "momentum": 0.95, "warmup_epochs": 0,
+                                              "bn_group": 8, "label_smoothing": 0.1},
+    "n4k-rmsprop-a09-warmup1-group4-poly": {"optimizer": "rmsprop", "rmsprop_alpha": 0.9,
+                                            "warmup_epochs": 1, "bn_group": 4,
+                                            "schedule": "poly"},
+    "n4k-m08-warmup2-group2-wd1e4-const": {"optimizer": "sgd", "momentum": 0.8,
+                                           "warmup_epochs": 2, "bn_group": 2,
+                                           "weight_decay": 1e-4, "schedule": "constant"},
+}
 ROUND1 = dict(RECIPES)
 ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND6, 7: ROUND7,
                  8: ROUND8, 9: ROUND9, 10: ROUND10, 11: ROUND11, 12: ROUND12,
@@ -750,8 +770,8 @@ ROUND_RECIPES = {1: ROUND1, 2: ROUND2, 3: ROUND3, 4: ROUND4, 5: ROUND5, 6: ROUND
                  27: ROUND27, 28: ROUND28, 29: ROUND29, 30: ROUND30,
                  31: ROUND31, 32: ROUND32, 33: ROUND33,
                  34: ROUND34, 35: ROUND35,
-                 36: ROUND36, 37: ROUND37}
-LARGER = tuple(range(6, 38))  # the rounds on the larger truth set (BASE6, SETUP6)
+                 36: ROUND36, 37: ROUND37, 38: ROUND38}
+LARGER = tuple(range(6, 39))  # the rounds on the larger truth set (BASE6, SETUP6)
 for later in list(ROUND_RECIPES.values())[1:]:
     RECIPES.update(later)
 GRID_BASE = {"sgd": 0.0125, "rmsprop": 0.000125}
@@ -801,7 +821,7 @@ def split2() -> dict:
             "tuning": [*ROUND1, *ranked[:half]], "held_out": ranked[half:]}
 
 
-# Rounds 3 to 37: every recipe of the round is held out, every earlier recipe tunes (all were seen).
+# Rounds 3 to 38: every recipe of the round is held out, every earlier recipe tunes (all were seen).
 LATER_RULES = {
     3: "round 3: every round-3 recipe is held out (written down and split before any of their "
        "runs existed); every round-1 and round-2 recipe tunes (all were seen: round 2's held-out "
@@ -939,11 +959,15 @@ LATER_RULES = {
         "split in session 24 after round 36's probes ran, before any round-36 outcome was "
         "scored, before any of their runs existed, with no rule tuned); every round-1 to 36 "
         "recipe tunes; both lengths of a recipe in the same half",
+    38: "round 38: three more recipes on the larger truth set, all held out (written down and "
+        "split in session 24 after round 37's probes ran, before any round-37 outcome was "
+        "scored, before any of their runs existed, with no rule tuned); every round-1 to 37 "
+        "recipe tunes; both lengths of a recipe in the same half",
 }
 
 
 def split_later(round_: int) -> dict:
-    """Rounds 3 to 37: the round's recipes held out, every earlier round's recipes tuning."""
+    """Rounds 3 to 38: the round's recipes held out, every earlier round's recipes tuning."""
     earlier = [name for r in range(1, round_) for name in ROUND_RECIPES[r]]
     return {"rule": LATER_RULES[round_], "tuning": earlier,
             "held_out": list(ROUND_RECIPES[round_])}
@@ -1552,7 +1576,7 @@ def main() -> None:
                              "6, 7: session 8's four and three on the larger truth set "
                              "(split6.json, split7.json); 8, 9: session 9's three and three "
                              "(split8.json, split9.json); 10: session 10's three "
-                             "(split10.json); 11 to 37: three each (split11.json to split37.json)")
+                             "(split10.json); 11 to 38: three each (split11.json to split38.json)")
     args = parser.parse_args()
     global VARIANT
     VARIANT = "-3trials" if args.three_trials else ""
