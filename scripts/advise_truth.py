@@ -287,8 +287,9 @@ round-36 outcome was scored: their thirteenth held-out check.
 Round 38 (`--round 38`, written down in session 24 for the next round): three more recipes on the
 larger truth set (ROUND38), written down and split (split38.json, all held out) after round 37's
 probes ran and before any round-37 outcome was scored, before any of their runs existed, with no
-rule tuned. Round 38 is to be probed at the rules current when it is declared, before its probes
-run.
+rule tuned. Round 38 is to be probed once, at round 25's frozen rules (7dc4dd0), the current
+ones, declared in session 24 before its probes ran, before any of its runs existed and before any
+round-37 outcome was scored: their fourteenth held-out check.
 
 The split (committed before any rule was tuned): recipes are ranked by the SHA-256 hex digest of
 their name; the first half of that order is the tuning half, the rest is held out. Both lengths
@@ -1024,9 +1025,12 @@ def halves(round_: int) -> dict:
 # runs existed and before any round-35 outcome was scored).
 # Round 37 at round 25's rules too (declared in session 24 before its probes ran, before any of its
 # runs existed and before any round-36 outcome was scored).
+# Round 38 at round 25's rules too (declared in session 24 before its probes ran, before any of its
+# runs existed and before any round-37 outcome was scored).
 FROZEN_AT = {5: 4, 6: 4, 7: 4, 8: 4, 10: 9, 12: 11, 13: 11, 14: 11, 15: 11, 16: 11, 17: 11,
              18: 11, 19: 11, 20: 11, 21: 11, 23: 22, 24: 22, 26: 25, 27: 25, 28: 25,
-             29: 25, 30: 25, 31: 25, 32: 25, 33: 25, 34: 25, 35: 25, 36: 25, 37: 25}
+             29: 25, 30: 25, 31: 25, 32: 25, 33: 25, 34: 25, 35: 25, 36: 25, 37: 25,
+             38: 25}
 
 
 def split() -> dict:
