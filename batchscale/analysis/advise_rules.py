@@ -335,7 +335,7 @@ CANNOT_KNOW = [
     "schedule's later phases; each trial is one seed.",
     "Whether a short run at a high rate gets out of chance at all: a trial starts from a base "
     "state the base batch has already taught (on the truth set, with 3 trials per batch, 35 of "
-    "the 36 false *stable* verdicts of rounds 6-37 were 4-epoch runs whose collapsed seed ended "
+    "the 36 false *stable* verdicts of rounds 6-38 were 4-epoch runs whose collapsed seed ended "
     "at chance, 27 of them at its largest B; docs/results/advise-truth/false-stable/).",
     "Times on other hardware, with other workloads on this machine, or with several workers.",
 ]

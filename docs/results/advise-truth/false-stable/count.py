@@ -1,4 +1,4 @@
-"""Every false *stable* verdict of the held-out rounds 6-37 with 3 trials per batch (a cell the
+"""Every false *stable* verdict of the held-out rounds 6-38 with 3 trials per batch (a cell the
 probe called stable where a seed collapsed or diverged): its round, recipe, length, batch and the
 failed seeds' reason and last-epoch train accuracy. The counts behind CANNOT_KNOW in
 batchscale/analysis/advise_rules.py:
@@ -16,7 +16,7 @@ sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 
 import advise_truth as at  # noqa: E402
 
-FIRST, LAST = 6, 37
+FIRST, LAST = 6, 38
 
 
 def main() -> None:
